@@ -1,0 +1,44 @@
+# Petra: the two entry points for a fresh Debian machine (run as root) are
+#   make demo   and   make test
+# Both call `make setup` first, which installs only what is missing.
+
+VENV      := .venv
+PYTHON    := /usr/bin/python3
+BIN       := $(VENV)/bin
+SRC_DIRS  := src tests benchmarks
+# Downloaded .debs and apt indices shared by test runs, so a second run does not download again.
+export PETRA_TEST_CACHE ?= /var/tmp/petra-test-cache
+
+.PHONY: setup demo test lint unit integration bench clean
+
+setup: $(VENV)/.installed
+	@packaging/install-debian-packages packaging/debian-packages.txt
+
+# The venv sees Debian's PyGObject and libostree typelib (--system-site-packages).
+$(VENV)/.installed: pyproject.toml
+	@packaging/install-debian-packages packaging/debian-packages.txt
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+demo: setup
+	$(BIN)/petra demo --workdir demo
+
+lint: setup
+	$(BIN)/ruff check $(SRC_DIRS)
+	$(BIN)/ruff format --check $(SRC_DIRS)
+	$(BIN)/mypy src
+
+unit: setup
+	$(BIN)/pytest -m unit
+
+integration: setup
+	$(BIN)/pytest -m integration
+
+test: lint unit integration
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) demo build

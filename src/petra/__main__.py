@@ -1,0 +1,3 @@
+from petra.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""The `petra` command: parsing and printing only. The one place errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from petra import __version__
+from petra.cli import compose as compose_cli
+from petra.cli import demo as demo_cli
+from petra.errors import PetraError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    parser = argparse.ArgumentParser(
+        prog="petra", parents=[common],
+        description="Compose, ship, deploy and update an immutable Debian.",
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"petra {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    compose_cli.register(sub, common)
+    demo_cli.register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code. User errors print one line (traceback with --debug)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(args.debug) or os.environ.get("PETRA_DEBUG") == "1"
+    try:
+        code: int = args.func(args)
+        return code
+    except PetraError as e:
+        if debug:
+            raise
+        print(f"petra: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader (e.g. `head`) went away: not an error
+        return 0
+    except KeyboardInterrupt:
+        print("petra: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,92 @@
+"""Apply what the spec asks for beyond packages: files, host name, users, services.
+
+Runs on a writable overlay view of the package tree (tools like useradd and systemctl run inside
+it through bubblewrap), so nothing shared with the cache is written.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from petra.errors import SpecError, ToolError
+from petra.reporting import Reporter
+from petra.run import run
+from petra.sandbox import Sandbox
+from petra.spec import Spec
+
+HOSTS = """127.0.0.1\tlocalhost
+127.0.1.1\t{hostname}
+::1\tlocalhost ip6-localhost ip6-loopback
+ff02::1\tip6-allnodes
+ff02::2\tip6-allrouters
+"""
+
+SSHD_KEYS_DROPIN = """# Petra: keys from the spec live in /etc (home directories start empty on a new machine).
+AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys.d/%u
+"""
+
+
+def apply_spec(spec: Spec, root: Path, epoch: int, reporter: Reporter) -> list[str]:
+    """Apply the spec to the tree at `root`; returns tmpfiles.d lines the result needs
+    (home directories under /var). Raises SpecError for a unit or group that does not exist.
+    """
+    _write(root / "etc/hostname", f"{spec.hostname}\n")
+    _write(root / "etc/hosts", HOSTS.format(hostname=spec.hostname))
+    # mmdebstrap copies the build host's resolv.conf; a commit must not depend on the host.
+    _write(root / "etc/resolv.conf", "")
+    for entry in spec.files:
+        dest = root / entry.destination.lstrip("/")
+        if dest.is_dir() and not dest.is_symlink():
+            raise SpecError(f"{spec.location('files')}: files: {entry.destination} is a directory "
+                            "in the tree", "name a file path")  # fmt: skip
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists() or dest.is_symlink():
+            dest.unlink()
+        shutil.copyfile(entry.source, dest)
+        dest.chmod(entry.mode)
+    sandbox = Sandbox(root=root, privileged=True, env={"SOURCE_DATE_EPOCH": str(epoch)})
+    tmpfiles = _add_users(spec, root, sandbox)
+    _set_services(spec, sandbox)
+    return tmpfiles
+
+
+def _add_users(spec: Spec, root: Path, sandbox: Sandbox) -> list[str]:
+    lines = []
+    for user in spec.users:
+        argv = ["useradd", "--no-create-home", "--home-dir", f"/home/{user.name}",
+                "--shell", user.shell, "--user-group"]  # fmt: skip
+        if user.uid is not None:
+            argv += ["--uid", str(user.uid)]
+        if user.groups:
+            argv += ["--groups", ",".join(user.groups)]
+        if user.password_hash:
+            argv += ["--password", user.password_hash]
+        try:
+            run(sandbox.argv([*argv, user.name]))
+        except ToolError as e:
+            raise SpecError(f"{spec.location('users')}: users: cannot add {user.name}: {e.message}",
+                            "check its groups exist in the tree and its uid is free") from e  # fmt: skip
+        lines.append(f"d /var/home/{user.name} 0700 {user.name} {user.name} -")
+        if user.ssh_authorized_keys:
+            keys = root / "etc/ssh/authorized_keys.d" / user.name
+            _write(keys, "".join(f"{k}\n" for k in user.ssh_authorized_keys))
+            _write(root / "etc/ssh/sshd_config.d/50-petra-authorized-keys.conf", SSHD_KEYS_DROPIN)
+    return lines
+
+
+def _set_services(spec: Spec, sandbox: Sandbox) -> None:
+    for verb, units in (("enable", spec.services_enable), ("disable", spec.services_disable)):
+        for unit in units:
+            try:
+                run(sandbox.argv(["systemctl", verb, unit]))
+            except ToolError as e:
+                raise SpecError(f"{spec.location('services')}: services: cannot {verb} {unit}: "
+                                f"{e.message}", "is the package that ships it in packages?") from e  # fmt: skip
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    path.write_text(text)

@@ -1,0 +1,53 @@
+"""The one place that builds bubblewrap command lines.
+
+A sandbox runs a command with a directory as its root: own pid, ipc, uts and network
+namespaces (no network unless asked), fresh /proc, /dev, /run and /tmp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: Path
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How to run commands inside `root`. `privileged` keeps root's capabilities (for dpkg)."""
+
+    root: Path
+    binds: tuple[Bind, ...] = ()
+    network: bool = False
+    privileged: bool = False
+    read_only_usr: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def argv(self, command: Sequence[str], cwd: str = "/") -> list[str]:
+        """The full bwrap argv that runs `command` in this sandbox."""
+        args = ["bwrap", "--bind", str(self.root), "/"]
+        if self.read_only_usr:
+            args += ["--ro-bind", str(self.root / "usr"), "/usr"]
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/run",
+                 "--perms", "1777", "--tmpfs", "/tmp"]  # fmt: skip
+        for bind in self.binds:
+            args += ["--ro-bind" if bind.read_only else "--bind", str(bind.source), bind.target]
+        args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        if not self.network:
+            args.append("--unshare-net")
+        args += ["--die-with-parent", "--chdir", cwd, "--clearenv"]
+        if self.privileged:
+            args += ["--cap-add", "ALL"]
+        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8", "TERM": "dumb",
+               **self.env}  # fmt: skip
+        for key, value in sorted(env.items()):
+            args += ["--setenv", key, value]
+        return [*args, "--", *command]
