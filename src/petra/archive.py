@@ -138,14 +138,15 @@ class Archive:
                              "check the mirror URL")  # fmt: skip
 
     def resolve(self, packages: list[str], exclude: tuple[str, ...]) -> list[Deb]:
-        """The full package set of a minbase root with `packages`: Essential:yes + apt + these.
+        """The full package set of a minbase root with `packages` (what mmdebstrap installs).
 
         Raises ArchiveFailure(key='packages', package=NAME) for an unknown package, and one
         naming the conflict for a set apt cannot install together or that needs an excluded one.
         """
         conf = self._setup(exclude)
         env = {"APT_CONFIG": str(conf), "LC_ALL": "C.UTF-8"}
-        wanted = ["?essential", "apt", *packages]
+        # mmdebstrap minbase: Essential:yes + Priority:required + apt
+        wanted = ["?essential", "?priority(required)", "apt", *packages]
         proc = run(["apt-get", "install", "--print-uris", "-qq", *wanted], env=env, check=False)
         if proc.returncode != 0:
             raise self._resolution_failure(proc.stdout + proc.stderr, packages, exclude)

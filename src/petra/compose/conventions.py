@@ -128,12 +128,21 @@ def _move_state(root: Path) -> list[str]:
         tree.move(path, root / SYSIMAGE / name)
         depth = src.count("/")
         lines.append(f"L /{src} - - - - {'../' * depth}{SYSIMAGE}/{name}")
+    tree.remove(root / SYSIMAGE / "debconf/tmp.ci")  # debconf's scratch dir during apt runs
     for src, name in STATE_FILES.items():
         path = root / src
         if path.exists():
             tree.move(path, root / SYSIMAGE / name)
+            _sort_stanzas(root / SYSIMAGE / name)
             lines.append(f"L /{src} - - - - /{SYSIMAGE}/{name}")
     return lines
+
+
+def _sort_stanzas(path: Path) -> None:
+    """apt writes extended_states in the order it met the packages; sort it so the file
+    depends only on which packages are marked, not on how they were installed."""
+    stanzas = [s.strip("\n") for s in path.read_text().split("\n\n") if s.strip()]
+    tree.write_file(path, "\n\n".join(sorted(stanzas)) + "\n\n" if stanzas else "")
 
 
 def _var_to_tmpfiles(root: Path) -> list[str]:
