@@ -15,8 +15,11 @@ from petra.errors import PetraError
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    common.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    # SUPPRESS: given before or after the command, the flag is kept (no default overwrites it)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks for errors")  # fmt: skip
+    common.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress output")  # fmt: skip
     parser = argparse.ArgumentParser(
         prog="petra", parents=[common],
         description="Compose, ship, deploy and update an immutable Debian.",
@@ -32,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code. User errors print one line (traceback with --debug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    debug = bool(args.debug) or os.environ.get("PETRA_DEBUG") == "1"
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("PETRA_DEBUG") == "1"
     try:
         code: int = args.func(args)
         return code
