@@ -11,7 +11,6 @@ import hashlib
 import os
 import re
 import shutil
-
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,39 +68,52 @@ class Archive:
 
     def _setup(self, exclude: tuple[str, ...]) -> Path:
         etc = self.root / "etc"
-        for d in (etc / "apt.conf.d", etc / "preferences.d", etc / "sources.list.d",
-                  etc / "trusted.gpg.d", self.lists_dir / "partial", self.root / "cache",
-                  self.root / "log"):  # fmt: skip
+        for d in (
+            etc / "apt.conf.d",
+            etc / "preferences.d",
+            etc / "sources.list.d",
+            etc / "trusted.gpg.d",
+            self.lists_dir / "partial",
+            self.root / "cache",
+            self.root / "log",
+        ):
             d.mkdir(parents=True, exist_ok=True)
         signed = f"deb [signed-by={KEYRING}] {self.mirror} {self.suite} {COMPONENTS}\n"
         _write_if_changed(etc / "sources.list", signed)
-        _write_if_changed(etc / "preferences.d" / "petra-exclude.pref", exclude_preferences(exclude))
+        _write_if_changed(
+            etc / "preferences.d" / "petra-exclude.pref", exclude_preferences(exclude)
+        )
         status = self.root / "status"
         if not status.exists():
             status.write_text("")
         conf = self.root / "apt.conf"
-        _write_if_changed(conf, "\n".join([
-            f'Dir::Etc "{etc}";',
-            f'Dir::Etc::Parts "{etc}/apt.conf.d";',
-            f'Dir::Etc::SourceParts "{etc}/sources.list.d";',
-            f'Dir::Etc::TrustedParts "{etc}/trusted.gpg.d";',
-            f'Dir::Etc::PreferencesParts "{etc}/preferences.d";',
-            f'Dir::State "{self.root}";',
-            f'Dir::State::Lists "{self.lists_dir}";',
-            f'Dir::State::status "{status}";',
-            f'Dir::Cache "{self.root}/cache";',
-            f'Dir::Log "{self.root}/log";',
-            f'APT::Architecture "{self.architecture}";',
-            f'APT::Architectures "{self.architecture}";',
-            'APT::Install-Recommends "false";',
-            'APT::Get::Assume-Yes "true";',
-            'Acquire::Languages "none";',
-            'Acquire::ForceHash "SHA256";',
-            'APT::Sandbox::User "root";',
-            'Acquire::Retries "2";',
-            'Acquire::http::Timeout "20";',
-            "",
-        ]))  # fmt: skip
+        _write_if_changed(
+            conf,
+            "\n".join(
+                [
+                    f'Dir::Etc "{etc}";',
+                    f'Dir::Etc::Parts "{etc}/apt.conf.d";',
+                    f'Dir::Etc::SourceParts "{etc}/sources.list.d";',
+                    f'Dir::Etc::TrustedParts "{etc}/trusted.gpg.d";',
+                    f'Dir::Etc::PreferencesParts "{etc}/preferences.d";',
+                    f'Dir::State "{self.root}";',
+                    f'Dir::State::Lists "{self.lists_dir}";',
+                    f'Dir::State::status "{status}";',
+                    f'Dir::Cache "{self.root}/cache";',
+                    f'Dir::Log "{self.root}/log";',
+                    f'APT::Architecture "{self.architecture}";',
+                    f'APT::Architectures "{self.architecture}";',
+                    'APT::Install-Recommends "false";',
+                    'APT::Get::Assume-Yes "true";',
+                    'Acquire::Languages "none";',
+                    'Acquire::ForceHash "SHA256";',
+                    'APT::Sandbox::User "root";',
+                    'Acquire::Retries "2";',
+                    'Acquire::http::Timeout "20";',
+                    "",
+                ]
+            ),
+        )
         return conf
 
     def _apt(self, conf: Path, args: list[str], reporter: Reporter | None = None) -> str:
@@ -125,17 +137,27 @@ class Archive:
         if proc.returncode == 0:
             return
         out = proc.stdout + proc.stderr
-        if re.search(r"Could not connect|Could not resolve|Temporary failure resolving|"
-                     r"Connection refused|Connection timed out|No route to host|"
-                     r"Failed to fetch file:|Unable to connect", out):  # fmt: skip
-            raise ArchiveFailure("mirror", f"mirror {self.mirror} is unreachable",
-                                 "check the mirror URL and the network")  # fmt: skip
+        if re.search(
+            r"Could not connect|Could not resolve|Temporary failure resolving|"
+            r"Connection refused|Connection timed out|No route to host|"
+            r"Failed to fetch file:|Unable to connect",
+            out,
+        ):
+            raise ArchiveFailure(
+                "mirror",
+                f"mirror {self.mirror} is unreachable",
+                "check the mirror URL and the network",
+            )
         if re.search(r"does not have a Release file|404\s+Not Found", out):
-            raise ArchiveFailure("suite", f"suite '{self.suite}' not found at {self.mirror}",
-                                 "use a Debian suite such as trixie or bookworm")  # fmt: skip
+            raise ArchiveFailure(
+                "suite",
+                f"suite '{self.suite}' not found at {self.mirror}",
+                "use a Debian suite such as trixie or bookworm",
+            )
         last = [ln for ln in out.splitlines() if ln.startswith(("E:", "W:"))] or ["apt-get failed"]
-        raise ArchiveFailure("mirror", f"cannot read {self.mirror} {self.suite}: {last[-1]}",
-                             "check the mirror URL")  # fmt: skip
+        raise ArchiveFailure(
+            "mirror", f"cannot read {self.mirror} {self.suite}: {last[-1]}", "check the mirror URL"
+        )
 
     def resolve(self, packages: list[str], exclude: tuple[str, ...]) -> list[Deb]:
         """The full package set of a minbase root with `packages` (what mmdebstrap installs).
@@ -154,30 +176,46 @@ class Archive:
         debs.sort(key=lambda d: d.name)
         bad = [d.name for d in debs if d.name in exclude]
         if bad:
-            raise ArchiveFailure("exclude-packages", f"excluded package {bad[0]} is required",
-                                 "it is Essential or needed by a listed package")  # fmt: skip
+            raise ArchiveFailure(
+                "exclude-packages",
+                f"excluded package {bad[0]} is required",
+                "it is Essential or needed by a listed package",
+            )
         return debs
 
-    def _resolution_failure(self, out: str, packages: list[str], exclude: tuple[str, ...]
-                            ) -> ArchiveFailure:  # fmt: skip
+    def _resolution_failure(
+        self, out: str, packages: list[str], exclude: tuple[str, ...]
+    ) -> ArchiveFailure:
         unknown = re.search(r"Unable to locate package (\S+)", out)
         if unknown:
             name = unknown.group(1)
-            return ArchiveFailure("packages", f"packages: no package '{name}' in {self.suite}",
-                                  "check the name with apt-cache search", package=name)  # fmt: skip
+            return ArchiveFailure(
+                "packages",
+                f"packages: no package '{name}' in {self.suite}",
+                "check the name with apt-cache search",
+                package=name,
+            )
         nocand = re.search(r"Package '?([^' ]+)'? has no installation candidate", out)
         if nocand:
             name = nocand.group(1)
-            hint = ("it is listed in exclude-packages" if name in exclude
-                    else "it is a virtual package: name one that provides it")  # fmt: skip
-            return ArchiveFailure("packages", f"packages: '{name}' cannot be installed", hint,
-                                  package=name)  # fmt: skip
-        broken = re.findall(r"^\s*(\S+) : (?:Depends|PreDepends|Conflicts|Breaks): (.+)$", out,
-                            flags=re.MULTILINE)  # fmt: skip
+            hint = (
+                "it is listed in exclude-packages"
+                if name in exclude
+                else "it is a virtual package: name one that provides it"
+            )
+            return ArchiveFailure(
+                "packages", f"packages: '{name}' cannot be installed", hint, package=name
+            )
+        broken = re.findall(
+            r"^\s*(\S+) : (?:Depends|PreDepends|Conflicts|Breaks): (.+)$", out, flags=re.MULTILINE
+        )
         if broken:
             pkg, why = broken[0]
-            return ArchiveFailure("packages", f"packages: {pkg} cannot be installed: {why.strip()}",
-                                  "remove the conflicting package or an exclusion")  # fmt: skip
+            return ArchiveFailure(
+                "packages",
+                f"packages: {pkg} cannot be installed: {why.strip()}",
+                "remove the conflicting package or an exclusion",
+            )
         last = [ln for ln in out.splitlines() if ln.startswith("E:")] or ["apt-get failed"]
         return ArchiveFailure("packages", f"packages: {last[-1]}", "check the package list")
 
@@ -199,12 +237,24 @@ class Archive:
             conf = self._setup(())
             env = {"APT_CONFIG": str(conf), "LC_ALL": "C.UTF-8"}
             names = [f"{d.name}={d.version}" for d in missing]
-            proc = run(["apt-get", "install", "--download-only", "-q",
-                        f"-oDir::Cache::Archives={dest}", *names],
-                       env=env, check=False, reporter=reporter)  # fmt: skip
+            proc = run(
+                [
+                    "apt-get",
+                    "install",
+                    "--download-only",
+                    "-q",
+                    f"-oDir::Cache::Archives={dest}",
+                    *names,
+                ],
+                env=env,
+                check=False,
+                reporter=reporter,
+            )
             if proc.returncode != 0:
-                raise ArchiveError(f"download from {self.mirror} failed",
-                                   "check the network; rerun to resume (finished .debs are kept)")  # fmt: skip
+                raise ArchiveError(
+                    f"download from {self.mirror} failed",
+                    "check the network; rerun to resume (finished .debs are kept)",
+                )
             for deb in missing:
                 got = dest / deb.filename
                 if not got.exists():
@@ -260,5 +310,3 @@ def _write_if_changed(path: Path, text: str) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
-
-

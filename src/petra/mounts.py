@@ -31,8 +31,10 @@ def private_mount_namespace() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(_CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
-        raise ToolError(f"cannot create a private mount namespace: {os.strerror(err)}",
-                        "petra compose must run as root")  # fmt: skip
+        raise ToolError(
+            f"cannot create a private mount namespace: {os.strerror(err)}",
+            "petra compose must run as root",
+        )
     run(["mount", "--make-rprivate", "/"])
     _done = True
 
@@ -45,8 +47,17 @@ def overlay(lower: Path, scratch: Path) -> Iterator[tuple[Path, Path]]:
     upper, work, merged = scratch / "upper", scratch / "work", scratch / "merged"
     for d in (upper, work, merged):
         d.mkdir(parents=True)
-    run(["mount", "-t", "overlay", "overlay", "-o",
-         f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)])  # fmt: skip
+    run(
+        [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={lower},upperdir={upper},workdir={work}",
+            str(merged),
+        ]
+    )
     try:
         yield merged, upper
     finally:

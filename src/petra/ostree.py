@@ -54,8 +54,10 @@ class Repo:
         """Open an existing repo. Raises RepoError if `path` is not one."""
         p = Path(path)
         if not (p / "config").is_file() or not (p / "objects").is_dir():
-            raise RepoError(f"{p} is not an OSTree repository",
-                            "pass the --repo a compose created (or a new path)")  # fmt: skip
+            raise RepoError(
+                f"{p} is not an OSTree repository",
+                "pass the --repo a compose created (or a new path)",
+            )
         repo = OSTree.Repo.new(Gio.File.new_for_path(str(p)))
         try:
             repo.open(None)
@@ -71,13 +73,18 @@ class Repo:
         """
         p = Path(path)
         if p.exists() and any(p.iterdir()) and not (p / "config").exists():
-            raise RepoError(f"{p} exists and is not an OSTree repository",
-                            "choose an empty or new directory for --repo")  # fmt: skip
+            raise RepoError(
+                f"{p} exists and is not an OSTree repository",
+                "choose an empty or new directory for --repo",
+            )
         if not (p / "config").exists():
             p.mkdir(parents=True, exist_ok=True)
             repo = OSTree.Repo.new(Gio.File.new_for_path(str(p)))
-            repo_mode = {"bare": OSTree.RepoMode.BARE, "archive": OSTree.RepoMode.ARCHIVE,
-                         "bare-user": OSTree.RepoMode.BARE_USER}[mode]  # fmt: skip
+            repo_mode = {
+                "bare": OSTree.RepoMode.BARE,
+                "archive": OSTree.RepoMode.ARCHIVE,
+                "bare-user": OSTree.RepoMode.BARE_USER,
+            }[mode]
             repo.create(repo_mode, None)
         return cls.open(p)
 
@@ -89,18 +96,21 @@ class Repo:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as e:
-                raise LockedError(f"{self.path} is in use by another petra process",
-                                  "wait for it to finish") from e  # fmt: skip
+                raise LockedError(
+                    f"{self.path} is in use by another petra process", "wait for it to finish"
+                ) from e
             yield
         finally:
             os.close(fd)
 
     @property
     def mode(self) -> str:
-        return {OSTree.RepoMode.BARE: "bare", OSTree.RepoMode.ARCHIVE: "archive",
-                OSTree.RepoMode.BARE_USER: "bare-user",
-                OSTree.RepoMode.BARE_USER_ONLY: "bare-user-only"}.get(
-            self._repo.get_mode(), "unknown")  # fmt: skip
+        return {
+            OSTree.RepoMode.BARE: "bare",
+            OSTree.RepoMode.ARCHIVE: "archive",
+            OSTree.RepoMode.BARE_USER: "bare-user",
+            OSTree.RepoMode.BARE_USER_ONLY: "bare-user-only",
+        }.get(self._repo.get_mode(), "unknown")
 
     # --- refs and commits ------------------------------------------------------------------
 
@@ -121,8 +131,10 @@ class Repo:
         except GLib.Error as e:
             if allow_missing:
                 return None
-            raise RepoError(f"no ref or commit '{rev}' in {self.path}",
-                            f"list refs with: ostree refs --repo={self.path}") from e  # fmt: skip
+            raise RepoError(
+                f"no ref or commit '{rev}' in {self.path}",
+                f"list refs with: ostree refs --repo={self.path}",
+            ) from e
         if checksum is None:
             return None
         if not self.has_commit(checksum):

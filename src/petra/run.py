@@ -1,4 +1,4 @@
-"""The one helper that runs external tools. On failure it raises ToolError naming the exact command."""
+"""The one helper that runs external tools; on failure, ToolError names the exact command."""
 
 from __future__ import annotations
 
@@ -29,8 +29,14 @@ def run(
     full_env = {**os.environ, **(env or {})}
     if reporter is None:
         try:
-            proc = subprocess.run(list(argv), env=full_env, capture_output=True, text=True,
-                                  input=input_text, check=False)  # fmt: skip
+            proc = subprocess.run(
+                list(argv),
+                env=full_env,
+                capture_output=True,
+                text=True,
+                input=input_text,
+                check=False,
+            )
         except FileNotFoundError as e:
             raise ToolError(f"{argv[0]}: command not found", "run 'make setup'") from e
         if check and proc.returncode != 0:
@@ -39,9 +45,15 @@ def run(
     tail: collections.deque[str] = collections.deque(maxlen=15)
     lines: list[str] = []
     try:
-        with subprocess.Popen(list(argv), env=full_env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              text=True, bufsize=1) as popen:  # fmt: skip
+        with subprocess.Popen(
+            list(argv),
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        ) as popen:
             assert popen.stdout is not None
             for raw in popen.stdout:
                 line = raw.rstrip("\n")

@@ -36,8 +36,18 @@ class Sandbox:
         args = ["bwrap", "--bind", str(self.root), "/"]
         if self.read_only_usr:
             args += ["--ro-bind", str(self.root / "usr"), "/usr"]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/run",
-                 "--perms", "1777", "--tmpfs", "/tmp"]  # fmt: skip
+        args += [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/run",
+            "--perms",
+            "1777",
+            "--tmpfs",
+            "/tmp",
+        ]
         for bind in self.binds:
             args += ["--ro-bind" if bind.read_only else "--bind", str(bind.source), bind.target]
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
@@ -46,8 +56,13 @@ class Sandbox:
         args += ["--die-with-parent", "--chdir", cwd, "--clearenv"]
         if self.privileged:
             args += ["--cap-add", "ALL"]
-        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8", "TERM": "dumb",
-               **self.env}  # fmt: skip
+        env = {
+            "PATH": DEFAULT_PATH,
+            "HOME": "/root",
+            "LC_ALL": "C.UTF-8",
+            "TERM": "dumb",
+            **self.env,
+        }
         for key, value in sorted(env.items()):
             args += ["--setenv", key, value]
         return [*args, "--", *command]

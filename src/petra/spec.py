@@ -27,9 +27,22 @@ ARCHITECTURES = ("amd64", "arm64", "armhf", "armel", "i386", "ppc64el", "riscv64
 # Paths whose content a commit cannot carry: ostree makes them at deploy time, or they point
 # into /var (which starts empty on every deployment).
 _NOT_IN_COMMIT = (
-    "/var", "/boot", "/dev", "/proc", "/sys", "/run", "/tmp",
-    "/home", "/root", "/opt", "/srv", "/mnt", "/usr/local", "/sysroot", "/ostree",
-)  # fmt: skip
+    "/var",
+    "/boot",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/run",
+    "/tmp",
+    "/home",
+    "/root",
+    "/opt",
+    "/srv",
+    "/mnt",
+    "/usr/local",
+    "/sysroot",
+    "/ostree",
+)
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -110,7 +123,10 @@ class Spec:
             "kernel": self.kernel,
             "hostname": self.hostname,
             "kernel-args": list(self.kernel_args),
-            "services": {"enable": list(self.services_enable), "disable": list(self.services_disable)},
+            "services": {
+                "enable": list(self.services_enable),
+                "disable": list(self.services_disable),
+            },
             "files": {f.destination: {"sha256": f.sha256, "mode": f.mode} for f in self.files},
             "users": [
                 {
@@ -180,30 +196,55 @@ def _check_version(value: str) -> str | None:
 
 
 SETTINGS: dict[str, Setting] = {
-    "name": Setting("str", "the ref becomes petra/<suite>/<architecture>/<name>", required=True,
-                    check=_check_name),
-    "version": Setting("str", "version recorded in the commit (shown by log/status)",
-                       required=True, check=_check_version),
+    "name": Setting(
+        "str",
+        "the ref becomes petra/<suite>/<architecture>/<name>",
+        required=True,
+        check=_check_name,
+    ),
+    "version": Setting(
+        "str",
+        "version recorded in the commit (shown by log/status)",
+        required=True,
+        check=_check_version,
+    ),
     "suite": Setting("str", "Debian suite", default=DEFAULT_SUITE),
     "architecture": Setting("str", "Debian architecture (default: the host's)", check=_check_arch),
-    "mirror": Setting("str", "Debian mirror URL (default: the one this machine's apt uses)",
-                      check=_check_mirror),
+    "mirror": Setting(
+        "str", "Debian mirror URL (default: the one this machine's apt uses)", check=_check_mirror
+    ),
     "include": Setting("list", "other specs merged first, relative to this file", default=[]),
-    "packages": Setting("list", "packages to install (plus Essential:yes and apt)", default=[],
-                        merge="append", check=_check_packages),
-    "exclude-packages": Setting("list", "packages that must never be installed", default=[],
-                                merge="append", check=_check_packages),
-    "kernel": Setting("bool", "install linux-image + a dracut initramfs with ostree's module",
-                      default=False),
+    "packages": Setting(
+        "list",
+        "packages to install (plus Essential:yes and apt)",
+        default=[],
+        merge="append",
+        check=_check_packages,
+    ),
+    "exclude-packages": Setting(
+        "list",
+        "packages that must never be installed",
+        default=[],
+        merge="append",
+        check=_check_packages,
+    ),
+    "kernel": Setting(
+        "bool", "install linux-image + a dracut initramfs with ostree's module", default=False
+    ),
     "hostname": Setting("str", "static host name", default="petra", check=_check_hostname),
-    "kernel-args": Setting("list", "kernel command-line arguments", default=[], merge="append",
-                           check=_check_kargs),
+    "kernel-args": Setting(
+        "list", "kernel command-line arguments", default=[], merge="append", check=_check_kargs
+    ),
     "services": Setting("table", "[services] enable = [...], disable = [...]", default={}),
-    "files": Setting("table", '[files] "/etc/x" = "files/x" (source relative to the spec)',
-                     default={}),
-    "users": Setting("tables", "[[users]] name, groups, uid, shell, password-hash, "
-                     "ssh-authorized-keys", default=[]),
-}  # fmt: skip
+    "files": Setting(
+        "table", '[files] "/etc/x" = "files/x" (source relative to the spec)', default={}
+    ),
+    "users": Setting(
+        "tables",
+        "[[users]] name, groups, uid, shell, password-hash, " "ssh-authorized-keys",
+        default=[],
+    ),
+}
 
 _SERVICE_KEYS = {"enable", "disable"}
 _USER_KEYS = {"name", "groups", "uid", "shell", "password-hash", "ssh-authorized-keys"}
@@ -238,7 +279,9 @@ def _load_merged(path: Path, stack: tuple[Path, ...]) -> tuple[dict[str, Any], d
             chain = " -> ".join(p.name for p in (*stack, path, inc_path))
             raise SpecError(f"{where}: include: cycle {chain}", "remove one of the includes")
         if not inc_path.is_file():
-            raise SpecError(f"{where}: include: {inc!r} not found", "paths are relative to the spec")
+            raise SpecError(
+                f"{where}: include: {inc!r} not found", "paths are relative to the spec"
+            )
         sub, sub_locations = _load_merged(inc_path, (*stack, path))
         merged = _merge(merged, sub)
         locations.update(sub_locations)
@@ -263,8 +306,14 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
         raise SpecError(f"{path}: invalid TOML: {e}", "fix the syntax at that line") from e
 
 
-_TYPE_NAMES = {str: "string", bool: "boolean", int: "integer", float: "float", list: "list",
-               dict: "table"}  # fmt: skip
+_TYPE_NAMES = {
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "float",
+    list: "list",
+    dict: "table",
+}
 
 
 def _type_name(value: Any) -> str:
@@ -292,13 +341,18 @@ def _validate_file(path: Path, text: str, data: dict[str, Any]) -> None:
         _check_type(where, f"services.{key}", "list", value)
         bad = [u for u in value if not _UNIT_RE.match(u)]
         if bad:
-            raise SpecError(f"{where}: services.{key}: {bad[0]!r} is not a unit name",
-                            "write the full unit name, e.g. ssh.service")  # fmt: skip
+            raise SpecError(
+                f"{where}: services.{key}: {bad[0]!r} is not a unit name",
+                "write the full unit name, e.g. ssh.service",
+            )
     for dest, source in data.get("files", {}).items():
         where = Location(path, _find_line(text, "files", dest))
         if not isinstance(source, str):
-            raise SpecError(f"{where}: files.\"{dest}\": expected a string (the source path), "
-                            f"got {_type_name(source)}", 'write "/dest/path" = "source/path"')  # fmt: skip
+            raise SpecError(
+                f'{where}: files."{dest}": expected a string (the source path), '
+                f"got {_type_name(source)}",
+                'write "/dest/path" = "source/path"',
+            )
     for index, user in enumerate(data.get("users", [])):
         where = Location(path, _find_nth_table(text, "users", index))
         _validate_user(where, user)
@@ -307,21 +361,32 @@ def _validate_file(path: Path, text: str, data: dict[str, Any]) -> None:
 def _validate_user(where: Location, user: dict[str, Any]) -> None:
     for key in user:
         if key not in _USER_KEYS:
-            raise SpecError(f"{where}: unknown key 'users.{key}'",
-                            f"known keys: {', '.join(sorted(_USER_KEYS))}")  # fmt: skip
+            raise SpecError(
+                f"{where}: unknown key 'users.{key}'",
+                f"known keys: {', '.join(sorted(_USER_KEYS))}",
+            )
     if "name" not in user:
         raise SpecError(f"{where}: users: missing 'name'", "every [[users]] needs a name")
-    kinds = {"name": "str", "groups": "list", "uid": "int", "shell": "str",
-             "password-hash": "str", "ssh-authorized-keys": "list"}  # fmt: skip
+    kinds = {
+        "name": "str",
+        "groups": "list",
+        "uid": "int",
+        "shell": "str",
+        "password-hash": "str",
+        "ssh-authorized-keys": "list",
+    }
     for key, value in user.items():
         _check_type(where, f"users.{key}", kinds[key], value)
     if not _USER_RE.match(user["name"]):
-        raise SpecError(f"{where}: users.name: {user['name']!r} is not a valid user name",
-                        "lowercase letters, digits, '_' and '-', at most 32")  # fmt: skip
+        raise SpecError(
+            f"{where}: users.name: {user['name']!r} is not a valid user name",
+            "lowercase letters, digits, '_' and '-', at most 32",
+        )
     uid = user.get("uid")
     if uid is not None and not 1000 <= uid < 60000:
-        raise SpecError(f"{where}: users.uid: {uid} is outside 1000..59999",
-                        "system uids belong to packages")  # fmt: skip
+        raise SpecError(
+            f"{where}: users.uid: {uid} is outside 1000..59999", "system uids belong to packages"
+        )
 
 
 def _check_type(where: Location, key: str, kind: str, value: Any) -> None:
@@ -334,11 +399,18 @@ def _check_type(where: Location, key: str, kind: str, value: Any) -> None:
         "tables": isinstance(value, list) and all(isinstance(v, dict) for v in value),
     }[kind]
     if not ok:
-        expected = {"str": "a string", "bool": "true or false", "int": "an integer",
-                    "list": "a list of strings", "table": "a table",
-                    "tables": "an array of tables ([[...]])"}[kind]  # fmt: skip
-        raise SpecError(f"{where}: {key}: expected {expected}, got {_describe(value)}",
-                        f"see the '{key.split('.')[0]}' key in the README")  # fmt: skip
+        expected = {
+            "str": "a string",
+            "bool": "true or false",
+            "int": "an integer",
+            "list": "a list of strings",
+            "table": "a table",
+            "tables": "an array of tables ([[...]])",
+        }[kind]
+        raise SpecError(
+            f"{where}: {key}: expected {expected}, got {_describe(value)}",
+            f"see the '{key.split('.')[0]}' key in the README",
+        )
 
 
 def _describe(value: Any) -> str:
@@ -364,20 +436,27 @@ def _resolve_files(path: Path, text: str, data: dict[str, Any]) -> dict[str, Any
 def _file_entry(where: Location, base: Path, dest: str, source: str) -> FileEntry:
     norm = os.path.normpath(dest)
     if not dest.startswith("/") or norm != dest.rstrip("/") or norm == "/" or "/../" in f"{dest}/":
-        raise SpecError(f"{where}: files: destination {dest!r} is outside the tree",
-                        "use a normalised absolute path such as /etc/motd")  # fmt: skip
+        raise SpecError(
+            f"{where}: files: destination {dest!r} is outside the tree",
+            "use a normalised absolute path such as /etc/motd",
+        )
     for prefix in _NOT_IN_COMMIT:
         if norm == prefix or norm.startswith(prefix + "/"):
-            raise SpecError(f"{where}: files: destination {dest!r} is under {prefix}, "
-                            "which a commit does not carry",
-                            "put files under /etc or /usr; create /var content with tmpfiles.d")  # fmt: skip
+            raise SpecError(
+                f"{where}: files: destination {dest!r} is under {prefix}, "
+                "which a commit does not carry",
+                "put files under /etc or /usr; create /var content with tmpfiles.d",
+            )
     src = (base / source).resolve()
     if src != base and base not in src.parents:
-        raise SpecError(f"{where}: files: source {source!r} escapes the spec's folder {base}",
-                        "keep file sources inside the folder of the spec that names them")  # fmt: skip
+        raise SpecError(
+            f"{where}: files: source {source!r} escapes the spec's folder {base}",
+            "keep file sources inside the folder of the spec that names them",
+        )
     if not src.is_file():
-        raise SpecError(f"{where}: files: source {source!r} does not exist",
-                        f"paths are relative to {base}")  # fmt: skip
+        raise SpecError(
+            f"{where}: files: source {source!r} does not exist", f"paths are relative to {base}"
+        )
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     return FileEntry(norm, src, digest, src.stat().st_mode & 0o7777)
 
@@ -391,8 +470,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         elif setting.merge == "append":
             out[key] = list(dict.fromkeys([*out[key], *value]))
         elif key == "services":
-            out[key] = {k: list(dict.fromkeys([*out[key].get(k, []), *value.get(k, [])]))
-                        for k in _SERVICE_KEYS}  # fmt: skip
+            out[key] = {
+                k: list(dict.fromkeys([*out[key].get(k, []), *value.get(k, [])]))
+                for k in _SERVICE_KEYS
+            }
         elif key == "files":
             out[key] = {**out[key], **value}
         elif key == "users":
@@ -407,18 +488,24 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def _build(path: Path, data: dict[str, Any], locations: dict[str, Location]) -> Spec:
     for key, setting in SETTINGS.items():
         if setting.required and key not in data:
-            raise SpecError(f"{path}: missing required key '{key}'", f"add: {key} = \"...\"")
+            raise SpecError(f"{path}: missing required key '{key}'", f'add: {key} = "..."')
     services = data.get("services", {})
     both = set(services.get("enable", [])) & set(services.get("disable", []))
     if both:
-        raise SpecError(f"{locations.get('services', Location(path))}: services: "
-                        f"{sorted(both)[0]} is both enabled and disabled", "keep it in one list")  # fmt: skip
+        raise SpecError(
+            f"{locations.get('services', Location(path))}: services: "
+            f"{sorted(both)[0]} is both enabled and disabled",
+            "keep it in one list",
+        )
     packages = data.get("packages", [])
     excluded = set(data.get("exclude-packages", []))
     clash = [p for p in packages if p in excluded]
     if clash:
-        raise SpecError(f"{locations.get('exclude-packages', Location(path))}: exclude-packages: "
-                        f"{clash[0]} is also in packages", "remove it from one of the two lists")  # fmt: skip
+        raise SpecError(
+            f"{locations.get('exclude-packages', Location(path))}: exclude-packages: "
+            f"{clash[0]} is also in packages",
+            "remove it from one of the two lists",
+        )
     users = tuple(
         User(
             name=u["name"],
@@ -458,8 +545,9 @@ def _build(path: Path, data: dict[str, Any], locations: dict[str, Location]) -> 
 def host_architecture() -> str:
     """The host's dpkg architecture (amd64 when dpkg cannot say)."""
     try:
-        out = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
-                             check=True)  # fmt: skip
+        out = subprocess.run(
+            ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+        )
         return out.stdout.strip() or "amd64"
     except (OSError, subprocess.CalledProcessError):
         return "amd64"

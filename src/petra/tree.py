@@ -23,7 +23,9 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def write_file(path: Path, data: bytes | str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
+def write_file(
+    path: Path, data: bytes | str, mode: int = 0o644, uid: int = 0, gid: int = 0
+) -> None:
     """Replace `path` with a new file holding `data` (never writes into the old inode)."""
     remove(path)
     path.parent.mkdir(parents=True, exist_ok=True)

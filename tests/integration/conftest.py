@@ -30,10 +30,13 @@ class Composed:
     commit: str
 
 
-def petra(*args: str | Path, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def petra(
+    *args: str | Path, check: bool = True, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI, as a user would."""
-    proc = subprocess.run([sys.executable, "-m", "petra", *map(str, args)], capture_output=True,
-                          text=True, **kwargs)  # type: ignore[call-overload]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "petra", *map(str, args)], capture_output=True, text=True, **kwargs
+    )  # type: ignore[call-overload]
     if check and proc.returncode != 0:
         raise AssertionError(f"petra {args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc  # type: ignore[no-any-return]
@@ -80,24 +83,30 @@ def compose(spec: Path, repo: Path, cache: Path, *extra: str) -> Composed:
 def minimal(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Composed:
     """examples/minimal.toml, composed cold once per session."""
     base = tmp_path_factory.mktemp("minimal")
-    return compose(EXAMPLES / "minimal.toml", base / "repo", fresh_cache(shared_cache, base / "cache"))
+    return compose(
+        EXAMPLES / "minimal.toml", base / "repo", fresh_cache(shared_cache, base / "cache")
+    )
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Composed:
     """examples/server.toml (kernel, systemd, ssh), composed cold once per session."""
     base = tmp_path_factory.mktemp("server")
-    return compose(EXAMPLES / "server.toml", base / "repo", fresh_cache(shared_cache, base / "cache"))
+    return compose(
+        EXAMPLES / "server.toml", base / "repo", fresh_cache(shared_cache, base / "cache")
+    )
 
 
 @pytest.fixture
 def variant(tmp_path: Path) -> Iterator[Path]:
     """A spec that is examples/minimal.toml plus one small package (htop), version bumped."""
     path = tmp_path / "variant.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         include = ["{EXAMPLES / 'minimal.toml'}"]
         name = "minimal"
         version = "2026.11.2"
         packages = ["htop"]
-    """))
+    """)
+    )
     yield path

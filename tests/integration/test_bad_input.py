@@ -25,11 +25,14 @@ def snapshot(repo: Path) -> str:
 
 def spec(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "bad.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         include = ["{EXAMPLES / 'minimal.toml'}"]
         name = "minimal"
         version = "9"
-    """) + textwrap.dedent(body))
+    """)
+        + textwrap.dedent(body)
+    )
     return path
 
 
@@ -37,15 +40,21 @@ CASES = {
     "unknown key": ('pakages = ["x"]\n', "unknown key 'pakages'", 5),
     "wrong type": ('kernel = "yes"\n', "kernel: expected true or false", 5),
     "missing include": ('include = ["nowhere.toml"]\n', "not found", 5),
-    "unknown package": ('packages = ["no-such-package-petra"]\n',
-                        "no package 'no-such-package-petra' in trixie", 5),
+    "unknown package": (
+        'packages = ["no-such-package-petra"]\n',
+        "no package 'no-such-package-petra' in trixie",
+        5,
+    ),
     "unknown suite": ('suite = "no-such-suite"\n', "suite 'no-such-suite' not found", 5),
     "unreachable mirror": ('mirror = "http://127.0.0.1:9/debian"\n', "is unreachable", 5),
     "missing file source": ('[files]\n"/etc/x" = "no-such-file"\n', "does not exist", 6),
     "file source escapes": ('[files]\n"/etc/x" = "../../../etc/passwd"\n', "escapes", 6),
-    "destination outside the tree": ('[files]\n"/etc/../../x" = "bad.toml"\n',
-                                     "outside the tree", 6),
-}  # fmt: skip
+    "destination outside the tree": (
+        '[files]\n"/etc/../../x" = "bad.toml"\n',
+        "outside the tree",
+        6,
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -34,13 +34,42 @@ def test_initramfs_has_ostree_prepare_root(server: Composed, tmp_path: Path) -> 
     root = tmp_path / "checkout"
     ostree("--repo", server.repo, "checkout", "-H", server.commit, root)
     listing = subprocess.run(
-        ["bwrap", "--ro-bind", root / "usr", "/usr", "--ro-bind", root / "usr/etc", "/etc",
-         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc",
-         "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var", "--unshare-all",
-         "lsinitrd", f"/usr/lib/modules/{kver}/initramfs.img"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+        [
+            "bwrap",
+            "--ro-bind",
+            root / "usr",
+            "/usr",
+            "--ro-bind",
+            root / "usr/etc",
+            "/etc",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/sbin",
+            "/sbin",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/var",
+            "--unshare-all",
+            "lsinitrd",
+            f"/usr/lib/modules/{kver}/initramfs.img",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "ostree-prepare-root" in listing
     assert "usr/lib/systemd/systemd" in listing
 
@@ -51,11 +80,17 @@ def test_spec_users_services_and_no_host_keys(server: Composed) -> None:
     assert admin and admin[0].endswith(":/home/admin:/bin/bash")
     assert "sudo:x:27:admin" in cat("/usr/etc/group")
     assert "d /var/home/admin 0700 admin admin -" in cat("/usr/lib/tmpfiles.d/petra-var.conf")
-    wants = ostree("--repo", server.repo, "ls", server.commit,
-                   "/usr/etc/systemd/system/multi-user.target.wants")  # fmt: skip
+    wants = ostree(
+        "--repo",
+        server.repo,
+        "ls",
+        server.commit,
+        "/usr/etc/systemd/system/multi-user.target.wants",
+    )
     assert "ssh.service" in wants
-    timers = ostree("--repo", server.repo, "ls", server.commit,
-                    "/usr/etc/systemd/system/timers.target.wants")  # fmt: skip
+    timers = ostree(
+        "--repo", server.repo, "ls", server.commit, "/usr/etc/systemd/system/timers.target.wants"
+    )
     assert "apt-daily.timer" not in timers
     assert "ssh_host_" not in ostree("--repo", server.repo, "ls", server.commit, "/usr/etc/ssh")
 

@@ -42,15 +42,21 @@ def test_examples_load() -> None:
 
 
 def test_include_merges_lists_and_overrides_scalars(tmp_path: Path) -> None:
-    write(tmp_path / "base.toml", """
+    write(
+        tmp_path / "base.toml",
+        """
         suite = "bookworm"
         hostname = "base"
         packages = ["a1", "b2"]
         kernel-args = ["quiet"]
         [services]
         enable = ["one.service"]
-    """)
-    spec = load_spec(write(tmp_path / "top.toml", """
+    """,
+    )
+    spec = load_spec(
+        write(
+            tmp_path / "top.toml",
+            """
         include = ["base.toml"]
         name = "top"
         version = "1"
@@ -59,7 +65,9 @@ def test_include_merges_lists_and_overrides_scalars(tmp_path: Path) -> None:
         kernel-args = ["ro"]
         [services]
         enable = ["two.service"]
-    """))
+    """,
+        )
+    )
     assert spec.suite == "bookworm"
     assert spec.hostname == "top"
     assert spec.packages == ("a1", "b2", "c3")
@@ -70,12 +78,15 @@ def test_include_merges_lists_and_overrides_scalars(tmp_path: Path) -> None:
 
 def test_digest_follows_content_of_files(tmp_path: Path) -> None:
     write(tmp_path / "files/motd", "hello\n")
-    path = write(tmp_path / "s.toml", """
+    path = write(
+        tmp_path / "s.toml",
+        """
         name = "s"
         version = "1"
         [files]
         "/etc/motd" = "files/motd"
-    """)
+    """,
+    )
     first = load_spec(path).digest
     assert load_spec(path).digest == first
     (tmp_path / "files/motd").write_text("changed\n")
@@ -83,21 +94,27 @@ def test_digest_follows_content_of_files(tmp_path: Path) -> None:
 
 
 def test_unknown_key_names_file_line_and_suggestion(tmp_path: Path) -> None:
-    path = write(tmp_path / "s.toml", """
+    path = write(
+        tmp_path / "s.toml",
+        """
         name = "s"
         version = "1"
         pakages = ["x"]
-    """)
+    """,
+    )
     message = error_of(path)
     assert f"{path}:3" in message and "pakages" in message and "packages" in message
 
 
 def test_wrong_type(tmp_path: Path) -> None:
-    path = write(tmp_path / "s.toml", """
+    path = write(
+        tmp_path / "s.toml",
+        """
         name = "s"
         version = "1"
         kernel = "yes"
-    """)
+    """,
+    )
     message = error_of(path)
     assert f"{path}:3" in message and "kernel" in message and "true or false" in message
 
@@ -162,7 +179,9 @@ def test_symlink_escaping_the_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "spec").mkdir()
     write(tmp_path / "secret", "x\n")
     (tmp_path / "spec/link").symlink_to(tmp_path / "secret")
-    path = write(tmp_path / "spec/s.toml", 'name = "s"\nversion = "1"\n[files]\n"/etc/x" = "link"\n')
+    path = write(
+        tmp_path / "spec/s.toml", 'name = "s"\nversion = "1"\n[files]\n"/etc/x" = "link"\n'
+    )
     assert "escapes" in error_of(path)
 
 
@@ -190,7 +209,9 @@ def test_users_and_services_errors(tmp_path: Path) -> None:
     assert "unknown key 'users.homedir'" in error_of(
         write(tmp_path / "a.toml", head + '[[users]]\nname = "u"\nhomedir = "/x"\n')
     )
-    assert "missing 'name'" in error_of(write(tmp_path / "b.toml", head + "[[users]]\nuid = 1000\n"))
+    assert "missing 'name'" in error_of(
+        write(tmp_path / "b.toml", head + "[[users]]\nuid = 1000\n")
+    )
     assert "outside 1000..59999" in error_of(
         write(tmp_path / "c.toml", head + '[[users]]\nname = "u"\nuid = 5\n')
     )
@@ -198,8 +219,10 @@ def test_users_and_services_errors(tmp_path: Path) -> None:
         write(tmp_path / "d.toml", head + '[services]\nenable = ["ssh"]\n')
     )
     assert "both enabled and disabled" in error_of(
-        write(tmp_path / "e.toml", head + '[services]\nenable = ["a.service"]\n'
-              'disable = ["a.service"]\n')  # fmt: skip
+        write(
+            tmp_path / "e.toml",
+            head + '[services]\nenable = ["a.service"]\n' 'disable = ["a.service"]\n',
+        )
     )
     assert "also in packages" in error_of(
         write(tmp_path / "f.toml", head + 'packages = ["vim"]\nexclude-packages = ["vim"]\n')
@@ -208,9 +231,22 @@ def test_users_and_services_errors(tmp_path: Path) -> None:
 
 def test_settings_table_documents_every_key() -> None:
     assert all(setting.doc for setting in SETTINGS.values())
-    for key in ("name", "version", "suite", "architecture", "mirror", "include", "packages",
-                "exclude-packages", "kernel", "hostname", "kernel-args", "services", "files",
-                "users"):  # fmt: skip
+    for key in (
+        "name",
+        "version",
+        "suite",
+        "architecture",
+        "mirror",
+        "include",
+        "packages",
+        "exclude-packages",
+        "kernel",
+        "hostname",
+        "kernel-args",
+        "services",
+        "files",
+        "users",
+    ):
         assert key in SETTINGS
 
 
@@ -222,6 +258,8 @@ def test_default_mirror_reads_deb822_and_one_line_sources(tmp_path: Path) -> Non
         "Types: deb\nURIs: http://mirror.example/debian/\nSuites: trixie\n"
     )
     assert default_mirror(etc) == "http://mirror.example/debian"
-    (etc / "sources.list").write_text("deb [arch=amd64] http://other.example/debian bookworm main\n")
+    (etc / "sources.list").write_text(
+        "deb [arch=amd64] http://other.example/debian bookworm main\n"
+    )
     assert default_mirror(etc) == "http://other.example/debian"
     assert default_mirror(tmp_path / "none") == "http://deb.debian.org/debian"

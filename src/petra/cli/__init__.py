@@ -16,14 +16,17 @@ from petra.errors import PetraError
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: given before or after the command, the flag is kept (no default overwrites it)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks for errors")  # fmt: skip
-    common.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress output")  # fmt: skip
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors"
+    )
+    common.add_argument(
+        "--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="no progress output"
+    )
     parser = argparse.ArgumentParser(
-        prog="petra", parents=[common],
+        prog="petra",
+        parents=[common],
         description="Compose, ship, deploy and update an immutable Debian.",
-    )  # fmt: skip
+    )
     parser.add_argument("--version", action="version", version=f"petra {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     compose_cli.register(sub, common)

@@ -18,8 +18,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("compose", parents=[common], help="compose a spec into an OSTree commit")
     p.add_argument("spec", type=Path, help="the spec (TOML)")
     p.add_argument("--repo", type=Path, required=True, help="OSTree repo (created if absent)")
-    p.add_argument("--cache", type=Path, default=None,
-                   help="compose cache (default: $PETRA_CACHE or ~/.cache/petra)")  # fmt: skip
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="compose cache (default: $PETRA_CACHE or ~/.cache/petra)",
+    )
     p.add_argument("--force", action="store_true", help="commit even if nothing changed")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_compose)
@@ -46,18 +50,32 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def cmd_compose(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    result = compose(spec, args.repo, cache_dir=args.cache or default_cache_dir(),
-                     reporter=reporter_for(args), force=args.force)  # fmt: skip
+    result = compose(
+        spec,
+        args.repo,
+        cache_dir=args.cache or default_cache_dir(),
+        reporter=reporter_for(args),
+        force=args.force,
+    )
     if args.json:
-        print_json({"ref": result.ref, "commit": result.checksum, "changed": result.changed,
-                    "build": result.build, "seconds": round(result.seconds, 1),
-                    "packages": result.packages})  # fmt: skip
+        print_json(
+            {
+                "ref": result.ref,
+                "commit": result.checksum,
+                "changed": result.changed,
+                "build": result.build,
+                "seconds": round(result.seconds, 1),
+                "packages": result.packages,
+            }
+        )
         return 0
     print(f"ref:      {result.ref}")
     print(f"commit:   {result.checksum}")
     state = "new commit" if result.changed else "unchanged"
-    print(f"result:   {state}, {len(result.packages)} packages, {result.build} build, "
-          f"{result.seconds:.1f} s")
+    print(
+        f"result:   {state}, {len(result.packages)} packages, {result.build} build, "
+        f"{result.seconds:.1f} s"
+    )
     return 0
 
 
@@ -65,8 +83,18 @@ def cmd_log(args: argparse.Namespace) -> int:
     repo = Repo.open(args.repo)
     history = repo.log(args.ref)
     if args.json:
-        print_json([{"commit": c.checksum, "version": c.version, "timestamp": c.timestamp,
-                     "subject": c.subject, "parent": c.parent} for c in history])  # fmt: skip
+        print_json(
+            [
+                {
+                    "commit": c.checksum,
+                    "version": c.version,
+                    "timestamp": c.timestamp,
+                    "subject": c.subject,
+                    "parent": c.parent,
+                }
+                for c in history
+            ]
+        )
         return 0
     for info in history:
         print(f"commit {info.checksum}")
@@ -110,8 +138,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print_json(data)
         return 0
     pk = data["packages"]
-    print(f"packages: {len(pk['added'])} added, {len(pk['removed'])} removed, "
-          f"{len(pk['changed'])} changed")
+    print(
+        f"packages: {len(pk['added'])} added, {len(pk['removed'])} removed, "
+        f"{len(pk['changed'])} changed"
+    )
     for name, version in pk["added"].items():
         print(f"  + {name} {version}")
     for name, version in pk["removed"].items():
@@ -119,8 +149,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
     for name, (old, new) in pk["changed"].items():
         print(f"  ~ {name} {old} -> {new}")
     files = data["files"]
-    print(f"files: {len(files['modified'])} modified, {len(files['removed'])} removed, "
-          f"{len(files['added'])} added")
+    print(
+        f"files: {len(files['modified'])} modified, {len(files['removed'])} removed, "
+        f"{len(files['added'])} added"
+    )
     for kind, sign in (("added", "A"), ("removed", "D"), ("modified", "M")):
         paths = files[kind]
         for path in paths[:10]:

@@ -33,19 +33,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     repo_path = args.workdir / "repo"
     _say(f"compose {args.spec} into {repo_path}")
     spec = load_spec(args.spec)
-    result = compose(spec, repo_path, cache_dir=args.cache or default_cache_dir(),
-                     reporter=reporter)  # fmt: skip
+    result = compose(
+        spec, repo_path, cache_dir=args.cache or default_cache_dir(), reporter=reporter
+    )
     print(f"ref:    {result.ref}")
     print(f"commit: {result.checksum}")
     repo = Repo.open(repo_path)
     info = repo.read_commit(result.checksum)
     data = inspect.describe(info, result.ref)
     _say("what the commit holds")
-    print(f"version {data['version']}, kernel {data['kernel'] or '-'}, "
-          f"{len(data['packages'])} packages, {human_size(data['size'] or 0)} "
-          f"in {data['file-count']} files and dirs")
-    wanted = [p for p in ("systemd", "openssh-server", "ostree", "dracut", "apt")
-              if p in data["packages"]]  # fmt: skip
+    print(
+        f"version {data['version']}, kernel {data['kernel'] or '-'}, "
+        f"{len(data['packages'])} packages, {human_size(data['size'] or 0)} "
+        f"in {data['file-count']} files and dirs"
+    )
+    wanted = [
+        p for p in ("systemd", "openssh-server", "ostree", "dracut", "apt") if p in data["packages"]
+    ]
     for name in wanted:
         print(f"  {name} {data['packages'][name]}")
     _say(f"history of {result.ref}")

@@ -43,8 +43,9 @@ class ComposeResult:
     seconds: float
 
 
-def compose(spec: Spec, repo_path: Path, *, cache_dir: Path, reporter: Reporter,
-            force: bool = False) -> ComposeResult:  # fmt: skip
+def compose(
+    spec: Spec, repo_path: Path, *, cache_dir: Path, reporter: Reporter, force: bool = False
+) -> ComposeResult:
     """Compose `spec` into the repo at `repo_path` (created, bare, if absent).
 
     Returns the ref and commit. If the spec and the resolved package versions are those of the
@@ -72,8 +73,14 @@ def compose(spec: Spec, repo_path: Path, *, cache_dir: Path, reporter: Reporter,
             current = repo.read_commit(parent)
             if current.metadata.get("petra.input-digest") == input_digest:
                 reporter.info(f"no changes since {parent[:12]}: {spec.ref} stays")
-                return ComposeResult(spec.ref, parent, False, "unchanged",
-                                     _packages(current.metadata), time.monotonic() - start)  # fmt: skip
+                return ComposeResult(
+                    spec.ref,
+                    parent,
+                    False,
+                    "unchanged",
+                    _packages(current.metadata),
+                    time.monotonic() - start,
+                )
         with cache.workdir() as work:
             with timed_step(reporter, "download") as r:
                 archives = work / "archives"
@@ -81,8 +88,9 @@ def compose(spec: Spec, repo_path: Path, *, cache_dir: Path, reporter: Reporter,
                 r["detail"] = f"{fetched} downloaded, {len(debs) - fetched} from the cache"
             epoch = newest_build_time([archives / d.filename for d in debs])
             cache_repo = cache.repo()
-            raw, build = _package_tree(spec, archive, debs, requested, archives, epoch, cache_repo,
-                                       work, reporter)  # fmt: skip
+            raw, build = _package_tree(
+                spec, archive, debs, requested, archives, epoch, cache_repo, work, reporter
+            )
             with timed_step(reporter, "customise"):
                 root = work / "tree"
                 cache_repo.checkout(raw, root)
@@ -95,9 +103,13 @@ def compose(spec: Spec, repo_path: Path, *, cache_dir: Path, reporter: Reporter,
                 packages = rootfs.installed_packages(root, f"{conventions.SYSIMAGE}/dpkg")
                 count, size = tree.stats(root)
                 metadata = _metadata(spec, input_digest, packages, count, size, result)
-                checksum = cache_repo.commit_dir(root, subject=f"{spec.name} {spec.version}",
-                                                 metadata=metadata, timestamp=epoch,
-                                                 parent=parent)  # fmt: skip
+                checksum = cache_repo.commit_dir(
+                    root,
+                    subject=f"{spec.name} {spec.version}",
+                    metadata=metadata,
+                    timestamp=epoch,
+                    parent=parent,
+                )
                 r["detail"] = f"{count} entries, {size / 1e6:.0f} MB"
             with timed_step(reporter, "import", str(repo_path)):
                 repo = repo or Repo.open_or_create(repo_path, mode="bare")
@@ -107,9 +119,17 @@ def compose(spec: Spec, repo_path: Path, *, cache_dir: Path, reporter: Reporter,
     return ComposeResult(spec.ref, checksum, True, build, packages, time.monotonic() - start)
 
 
-def _package_tree(spec: Spec, archive: Archive, debs: list[Deb], requested: list[str],
-                  archives: Path, epoch: int, cache_repo: Repo, work: Path,
-                  reporter: Reporter) -> tuple[str, str]:  # fmt: skip
+def _package_tree(
+    spec: Spec,
+    archive: Archive,
+    debs: list[Deb],
+    requested: list[str],
+    archives: Path,
+    epoch: int,
+    cache_repo: Repo,
+    work: Path,
+    reporter: Reporter,
+) -> tuple[str, str]:
     """The cached package tree for this package set, building it (cold or incremental) if new."""
     base = rootfs.base_key(spec)
     key = rootfs.tree_key(base, debs, requested)
@@ -128,8 +148,9 @@ def _package_tree(spec: Spec, archive: Archive, debs: list[Deb], requested: list
     if reuse:
         with timed_step(reporter, "packages", f"apt on a cached tree of {len(reuse.packages)}"):
             cache_repo.checkout(reuse.checksum, target)
-            rootfs.build_incremental(spec, archive, archives, target, work / "apt-overlay", epoch,
-                                     reporter)  # fmt: skip
+            rootfs.build_incremental(
+                spec, archive, archives, target, work / "apt-overlay", epoch, reporter
+            )
         build = "incremental"
     else:
         with timed_step(reporter, "packages", f"mmdebstrap {spec.suite}"):
@@ -138,15 +159,24 @@ def _package_tree(spec: Spec, archive: Archive, debs: list[Deb], requested: list
     with timed_step(reporter, "cache", "package tree"):
         installed = rootfs.installed_packages(target)
         checksum = cache_repo.commit_dir(
-            target, subject=f"package tree {key}", timestamp=epoch, ref=ref,
+            target,
+            subject=f"package tree {key}",
+            timestamp=epoch,
+            ref=ref,
             metadata={"petra.base-key": base, "petra.packages": list(installed.items())},
-        )  # fmt: skip
+        )
     tree.remove(target)
     return checksum, build
 
 
-def _metadata(spec: Spec, input_digest: str, packages: dict[str, str], count: int, size: int,
-              result: conventions.ConventionResult) -> dict[str, MetadataValue]:  # fmt: skip
+def _metadata(
+    spec: Spec,
+    input_digest: str,
+    packages: dict[str, str],
+    count: int,
+    size: int,
+    result: conventions.ConventionResult,
+) -> dict[str, MetadataValue]:
     meta: dict[str, MetadataValue] = {
         "version": spec.version,
         "petra.name": spec.name,
@@ -189,7 +219,9 @@ def _check_repo_path(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise RepoError(f"{path} is not a directory", "pass a repository directory to --repo")
     if path.is_dir() and any(path.iterdir()) and not (path / "config").exists():
-        raise RepoError(f"{path} exists and is not an OSTree repository",
-                        "choose an empty or new directory for --repo")  # fmt: skip
+        raise RepoError(
+            f"{path} exists and is not an OSTree repository",
+            "choose an empty or new directory for --repo",
+        )
     if (path / "config").exists():
         Repo.open(path)

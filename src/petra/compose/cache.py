@@ -43,8 +43,10 @@ class BuildCache:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as e:
-                raise LockedError(f"the compose cache {self.path} is in use",
-                                  "wait for the other compose, or pass another --cache") from e  # fmt: skip
+                raise LockedError(
+                    f"the compose cache {self.path} is in use",
+                    "wait for the other compose, or pass another --cache",
+                ) from e
             self._remove_stale_work()
             yield
         finally:

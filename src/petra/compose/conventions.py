@@ -98,8 +98,10 @@ def _move_kernel(root: Path) -> str:
     versions = sorted(p.name for p in modules.iterdir()) if modules.is_dir() else []
     versions = [v for v in versions if (root / "boot" / f"vmlinuz-{v}").exists()]
     if len(versions) != 1:
-        raise ToolError(f"expected one kernel in the tree, found {len(versions)}",
-                        "the kernel package did not install; see the compose output")  # fmt: skip
+        raise ToolError(
+            f"expected one kernel in the tree, found {len(versions)}",
+            "the kernel package did not install; see the compose output",
+        )
     kver = versions[0]
     initrd = root / "boot" / f"initrd.img-{kver}"
     if not initrd.exists():
@@ -121,9 +123,20 @@ def _move_state(root: Path) -> list[str]:
         path = root / src
         if not path.is_dir():
             continue
-        for junk in ("lock", "lock-frontend", "triggers/Lock", "status-old", "available-old",
-                     "diversions-old", "statoverride-old", "config.dat-old", "templates.dat-old",
-                     "passwords.dat-old", "hashfile.0", "registry.0"):  # fmt: skip
+        for junk in (
+            "lock",
+            "lock-frontend",
+            "triggers/Lock",
+            "status-old",
+            "available-old",
+            "diversions-old",
+            "statoverride-old",
+            "config.dat-old",
+            "templates.dat-old",
+            "passwords.dat-old",
+            "hashfile.0",
+            "registry.0",
+        ):
             tree.remove(path / junk)
         tree.move(path, root / SYSIMAGE / name)
         depth = src.count("/")
@@ -200,9 +213,11 @@ def _write_tmpfiles(root: Path, lines: list[str]) -> None:
     body = "# Made by petra compose: what this tree needs under /var.\n" + "\n".join(unique) + "\n"
     tree.write_file(root / "usr/lib/tmpfiles.d/petra-var.conf", body)
     # systemd's own home.conf expects /home and /srv to be directories.
-    tree.write_file(root / "etc/tmpfiles.d/home.conf",
-                    "# Petra: /home and /srv are symlinks into /var.\n"
-                    "Q /var/home 0755 - - -\nq /var/srv 0755 - - -\n")  # fmt: skip
+    tree.write_file(
+        root / "etc/tmpfiles.d/home.conf",
+        "# Petra: /home and /srv are symlinks into /var.\n"
+        "Q /var/home 0755 - - -\nq /var/srv 0755 - - -\n",
+    )
 
 
 def _ostree_dirs(root: Path) -> None:

@@ -21,8 +21,7 @@ HOSTS = """127.0.0.1\tlocalhost
 ff02::1\tip6-allnodes
 ff02::2\tip6-allrouters
 """
-
-SSHD_KEYS_DROPIN = """# Petra: keys from the spec live in /etc (home directories start empty on a new machine).
+SSHD_KEYS_DROPIN = """# Petra: keys from the spec live in /etc (homes start empty on a new machine).
 AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys.d/%u
 """
 
@@ -38,8 +37,11 @@ def apply_spec(spec: Spec, root: Path, epoch: int, reporter: Reporter) -> list[s
     for entry in spec.files:
         dest = root / entry.destination.lstrip("/")
         if dest.is_dir() and not dest.is_symlink():
-            raise SpecError(f"{spec.location('files')}: files: {entry.destination} is a directory "
-                            "in the tree", "name a file path")  # fmt: skip
+            raise SpecError(
+                f"{spec.location('files')}: files: {entry.destination} is a directory "
+                "in the tree",
+                "name a file path",
+            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists() or dest.is_symlink():
             dest.unlink()
@@ -54,8 +56,15 @@ def apply_spec(spec: Spec, root: Path, epoch: int, reporter: Reporter) -> list[s
 def _add_users(spec: Spec, root: Path, sandbox: Sandbox) -> list[str]:
     lines = []
     for user in spec.users:
-        argv = ["useradd", "--no-create-home", "--home-dir", f"/home/{user.name}",
-                "--shell", user.shell, "--user-group"]  # fmt: skip
+        argv = [
+            "useradd",
+            "--no-create-home",
+            "--home-dir",
+            f"/home/{user.name}",
+            "--shell",
+            user.shell,
+            "--user-group",
+        ]
         if user.uid is not None:
             argv += ["--uid", str(user.uid)]
         if user.groups:
@@ -65,8 +74,10 @@ def _add_users(spec: Spec, root: Path, sandbox: Sandbox) -> list[str]:
         try:
             run(sandbox.argv([*argv, user.name]))
         except ToolError as e:
-            raise SpecError(f"{spec.location('users')}: users: cannot add {user.name}: {e.message}",
-                            "check its groups exist in the tree and its uid is free") from e  # fmt: skip
+            raise SpecError(
+                f"{spec.location('users')}: users: cannot add {user.name}: {e.message}",
+                "check its groups exist in the tree and its uid is free",
+            ) from e
         lines.append(f"d /var/home/{user.name} 0700 {user.name} {user.name} -")
         if user.ssh_authorized_keys:
             keys = root / "etc/ssh/authorized_keys.d" / user.name
@@ -81,8 +92,10 @@ def _set_services(spec: Spec, sandbox: Sandbox) -> None:
             try:
                 run(sandbox.argv(["systemctl", verb, unit]))
             except ToolError as e:
-                raise SpecError(f"{spec.location('services')}: services: cannot {verb} {unit}: "
-                                f"{e.message}", "is the package that ships it in packages?") from e  # fmt: skip
+                raise SpecError(
+                    f"{spec.location('services')}: services: cannot {verb} {unit}: " f"{e.message}",
+                    "is the package that ships it in packages?",
+                ) from e
 
 
 def _write(path: Path, text: str) -> None:

@@ -42,15 +42,25 @@ def requested_packages(spec: Spec) -> list[str]:
     """The spec's packages plus what `kernel = true` brings (kernel, dracut, ostree's boot bits)."""
     extra = []
     if spec.kernel:
-        extra = [KERNEL_PACKAGES.get(spec.architecture, f"linux-image-{spec.architecture}"),
-                 "dracut", "ostree", "ostree-boot"]  # fmt: skip
+        extra = [
+            KERNEL_PACKAGES.get(spec.architecture, f"linux-image-{spec.architecture}"),
+            "dracut",
+            "ostree",
+            "ostree-boot",
+        ]
     return sorted({*spec.packages, *extra})
 
 
 def base_key(spec: Spec) -> str:
     """Everything but the package set that shapes a package tree."""
-    data = [RECIPE, spec.mirror, spec.suite, spec.architecture, spec.kernel,
-            list(spec.exclude_packages)]  # fmt: skip
+    data = [
+        RECIPE,
+        spec.mirror,
+        spec.suite,
+        spec.architecture,
+        spec.kernel,
+        list(spec.exclude_packages),
+    ]
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:32]
 
 
@@ -69,13 +79,19 @@ class CachedTree:
 def pick_base(candidates: list[CachedTree], debs: list[Deb]) -> CachedTree | None:
     """The largest cached tree whose every package is in `debs` at the same version."""
     wanted = {d.name: d.version for d in debs}
-    usable = [c for c in candidates
-              if c.packages and all(wanted.get(n) == v for n, v in c.packages.items())]  # fmt: skip
-    return max(usable, key=lambda c: len(c.packages), default=None)
+    usable = [
+        c
+        for c in candidates
+        if c.packages and all(wanted.get(n) == v for n, v in c.packages.items())
+    ]
+    if not usable:
+        return None
+    return max(usable, key=lambda c: len(c.packages))
 
 
-def build_cold(spec: Spec, archive: Archive, archives: Path, target: Path, epoch: int,
-               reporter: Reporter) -> None:  # fmt: skip
+def build_cold(
+    spec: Spec, archive: Archive, archives: Path, target: Path, epoch: int, reporter: Reporter
+) -> None:
     """Run mmdebstrap into `target` with the already fetched debs and indices.
 
     Raises ToolError with the exact mmdebstrap command if it fails.
@@ -87,30 +103,50 @@ def build_cold(spec: Spec, archive: Archive, archives: Path, target: Path, epoch
         f'cp -al {shlex.quote(str(archives))}/*.deb "$1/var/cache/apt/archives/"',
     ]
     if spec.kernel:
-        setup += ['mkdir -p "$1/etc/dracut.conf.d"',
-                  f'printf %s {shlex.quote(DRACUT_CONF)} > "$1/etc/dracut.conf.d/10-petra.conf"']
+        setup += [
+            'mkdir -p "$1/etc/dracut.conf.d"',
+            f'printf %s {shlex.quote(DRACUT_CONF)} > "$1/etc/dracut.conf.d/10-petra.conf"',
+        ]
     if spec.exclude_packages:
         pref = shlex.quote(exclude_preferences(spec.exclude_packages))
-        setup += ['mkdir -p "$1/etc/apt/preferences.d"',
-                  f'printf %s {pref} > "$1/etc/apt/preferences.d/petra-exclude.pref"']
+        setup += [
+            'mkdir -p "$1/etc/apt/preferences.d"',
+            f'printf %s {pref} > "$1/etc/apt/preferences.d/petra-exclude.pref"',
+        ]
     argv = [
-        "mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
+        "mmdebstrap",
+        "--variant=minbase",
+        "--mode=root",
+        "--format=directory",
         f"--architectures={spec.architecture}",
-        "--skip=update", "--skip=download/empty", "--skip=essential/unlink",
-        "--aptopt=APT::Install-Recommends \"false\"",
-        "--aptopt=Acquire::Languages \"none\"",
+        "--skip=update",
+        "--skip=download/empty",
+        "--skip=essential/unlink",
+        '--aptopt=APT::Install-Recommends "false"',
+        '--aptopt=Acquire::Languages "none"',
         *[f"--setup-hook={cmd}" for cmd in setup],
-    ]  # fmt: skip
+    ]
     if packages:
         argv.append("--include=" + ",".join(packages))
     argv += [spec.suite, str(target), archive.sources_line]
-    run(argv, env=_build_env(epoch), reporter=reporter,
-        hint="the command above shows mmdebstrap's error")  # fmt: skip
+    run(
+        argv,
+        env=_build_env(epoch),
+        reporter=reporter,
+        hint="the command above shows mmdebstrap's error",
+    )
     _clear_dev(target)
 
 
-def build_incremental(spec: Spec, archive: Archive, archives: Path, base_checkout: Path,
-                      scratch: Path, epoch: int, reporter: Reporter) -> None:  # fmt: skip
+def build_incremental(
+    spec: Spec,
+    archive: Archive,
+    archives: Path,
+    base_checkout: Path,
+    scratch: Path,
+    epoch: int,
+    reporter: Reporter,
+) -> None:
     """apt-get install the spec's packages inside an overlay of `base_checkout`, then replay the
     changes onto it. The checkout's shared files are never written. Raises ToolError on failure.
     """
@@ -118,15 +154,24 @@ def build_incremental(spec: Spec, archive: Archive, archives: Path, base_checkou
     with mounts.overlay(base_checkout, scratch) as (merged, upper):
         sandbox = Sandbox(
             root=merged,
-            binds=(Bind(archive.lists_dir, "/var/lib/apt/lists"),
-                   Bind(archives, "/var/cache/apt/archives")),  # fmt: skip
+            binds=(
+                Bind(archive.lists_dir, "/var/lib/apt/lists"),
+                Bind(archives, "/var/cache/apt/archives"),
+            ),
             privileged=True,
             env={**_build_env(epoch), "DEBIAN_FRONTEND": "noninteractive"},
         )
-        apt = ["apt-get", "install", "-y", "--no-download", "-oAPT::Install-Recommends=false",
-               "-oAcquire::Languages=none", "-oDPkg::Options::=--force-unsafe-io", *packages]  # fmt: skip
-        run(sandbox.argv(apt), reporter=reporter,
-            hint="the command above shows apt's error")  # fmt: skip
+        apt = [
+            "apt-get",
+            "install",
+            "-y",
+            "--no-download",
+            "-oAPT::Install-Recommends=false",
+            "-oAcquire::Languages=none",
+            "-oDPkg::Options::=--force-unsafe-io",
+            *packages,
+        ]
+        run(sandbox.argv(apt), reporter=reporter, hint="the command above shows apt's error")
         run(sandbox.argv(["apt-get", "clean"]))
     tree.apply_upper(upper, base_checkout)
 
