@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 
 from petra.errors import ToolError
 from petra.reporting import Reporter
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_petra() -> None:
+    # A child must not outlive petra (e.g. mmdebstrap writing on after petra was SIGKILLed,
+    # while the next compose cleans up): the kernel kills it when petra dies.
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def run(
@@ -31,6 +41,7 @@ def run(
         try:
             proc = subprocess.run(
                 list(argv),
+                preexec_fn=_die_with_petra,
                 env=full_env,
                 capture_output=True,
                 text=True,
@@ -47,6 +58,7 @@ def run(
     try:
         with subprocess.Popen(
             list(argv),
+            preexec_fn=_die_with_petra,
             env=full_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
