@@ -252,11 +252,6 @@ class Repo:
                 changes[kind].append(path.strip())
         return changes["M"], changes["D"], changes["A"]
 
-    def prune(self, keep_younger_than_refs: bool = True) -> None:
-        """Delete objects no ref reaches."""
-        flags = OSTree.RepoPruneFlags.REFS_ONLY
-        self._repo.prune(flags, -1, None)
-
 
 def is_checksum(text: str) -> bool:
     return bool(_CHECKSUM_RE.match(text))
