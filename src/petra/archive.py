@@ -15,7 +15,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from petra.errors import ArchiveError, ToolError
+from petra.errors import ArchiveError
 from petra.reporting import Reporter
 from petra.run import run
 
@@ -115,13 +115,6 @@ class Archive:
             ),
         )
         return conf
-
-    def _apt(self, conf: Path, args: list[str], reporter: Reporter | None = None) -> str:
-        env = {"APT_CONFIG": str(conf), "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
-        try:
-            return run(["apt-get", *args], env=env, reporter=reporter).stdout
-        except ToolError:
-            raise
 
     # --- operations ------------------------------------------------------------------------
 

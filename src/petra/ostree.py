@@ -23,7 +23,6 @@ from gi.repository import Gio, GLib, OSTree  # noqa: E402
 from petra.errors import LockedError, RepoError  # noqa: E402
 from petra.run import run  # noqa: E402
 
-_CHECKSUM_RE = re.compile(r"^[0-9a-f]{64}$")
 MetadataValue = str | bool | int | list[str] | list[tuple[str, str]]
 
 
@@ -102,15 +101,6 @@ class Repo:
             yield
         finally:
             os.close(fd)
-
-    @property
-    def mode(self) -> str:
-        return {
-            OSTree.RepoMode.BARE: "bare",
-            OSTree.RepoMode.ARCHIVE: "archive",
-            OSTree.RepoMode.BARE_USER: "bare-user",
-            OSTree.RepoMode.BARE_USER_ONLY: "bare-user-only",
-        }.get(self._repo.get_mode(), "unknown")
 
     # --- refs and commits ------------------------------------------------------------------
 
@@ -251,10 +241,6 @@ class Repo:
             if kind in changes:
                 changes[kind].append(path.strip())
         return changes["M"], changes["D"], changes["A"]
-
-
-def is_checksum(text: str) -> bool:
-    return bool(_CHECKSUM_RE.match(text))
 
 
 def _to_variant(metadata: dict[str, MetadataValue]) -> Any:
