@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +257,221 @@ def _to_variant(metadata: dict[str, MetadataValue]) -> Any:
         else:
             items[key] = GLib.Variant("as", value)
     return GLib.Variant("a{sv}", items)
+
+
+# --- sysroots ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deployment of a sysroot, as libostree lists it (index 0 is the default)."""
+
+    index: int
+    osname: str
+    checksum: str
+    serial: int
+    bootcsum: str
+    bootserial: int
+    refspec: str | None
+    override_commit: str | None
+    booted: bool
+    path: Path
+    kernel_args: str
+    handle: Any = field(compare=False, repr=False)
+
+
+class Sysroot:
+    """A sysroot: `/` on a Petra machine, or any directory made by `Sysroot.init`.
+
+    Reading needs no lock. Every write goes through `Sysroot.writing()` (the petra lock, which
+    is libostree's own sysroot lock, plus the thaw guard of petra.freeze).
+    """
+
+    def __init__(self, path: Path, handle: Any) -> None:
+        self.path = path
+        self._sysroot = handle
+        _, repo = handle.get_repo(None)
+        self.repo = Repo(path / "ostree/repo", repo)
+
+    @staticmethod
+    def is_sysroot(path: Path) -> bool:
+        return (path / "ostree/repo/config").is_file() and (path / "ostree/deploy").is_dir()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Sysroot:
+        """Load the sysroot at `path`. Raises RepoError if it is not one."""
+        p = Path(path).absolute()
+        if not cls.is_sysroot(p):
+            raise RepoError(f"{p} is not a sysroot", f"make one with: petra init --sysroot {path}")
+        handle = OSTree.Sysroot.new(Gio.File.new_for_path(str(p)))
+        try:
+            handle.load(None)
+        except GLib.Error as e:
+            raise RepoError(f"cannot load sysroot {p}: {e.message}", "check the path") from e
+        return cls(p, handle)
+
+    @classmethod
+    def init(cls, path: Path, osname: str) -> Sysroot:
+        """Create the sysroot layout and the stateroot `osname` in the existing empty `path`."""
+        p = path.absolute()
+        run(["ostree", "admin", "init-fs", "--modern", str(p)])
+        handle = OSTree.Sysroot.new(Gio.File.new_for_path(str(p)))
+        try:
+            handle.load(None)
+            handle.init_osname(osname, None)
+        except GLib.Error as e:
+            raise RepoError(f"cannot initialise {p}: {e.message}", "check the path") from e
+        return cls(p, handle)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the sysroot lock (fail fast if another writer has it) and a thaw guard."""
+        from petra.freeze import thaw_guard
+
+        _, acquired = self._sysroot.try_lock()
+        if not acquired:
+            raise LockedError(
+                f"sysroot {self.path} is in use by another petra or ostree process",
+                "wait for it to finish, then run the command again",
+            )
+        try:
+            with thaw_guard(self.path / "boot"):
+                yield
+        finally:
+            self._sysroot.unlock()
+
+    def reload(self) -> None:
+        self._sysroot.load(None)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def deployments(self) -> list[Deployment]:
+        """Every deployment, in boot order (index 0 is the default)."""
+        booted = self._sysroot.get_booted_deployment()
+        result = []
+        for index, dep in enumerate(self._sysroot.get_deployments()):
+            origin = dep.get_origin()
+            refspec = _keyfile_get(origin, "origin", "refspec")
+            bootconfig = dep.get_bootconfig()
+            rel = self._sysroot.get_deployment_dirpath(dep)
+            result.append(
+                Deployment(
+                    index=index,
+                    osname=dep.get_osname(),
+                    checksum=dep.get_csum(),
+                    serial=dep.get_deployserial(),
+                    bootcsum=dep.get_bootcsum(),
+                    bootserial=dep.get_bootserial(),
+                    refspec=refspec,
+                    override_commit=_keyfile_get(origin, "origin", "override-commit"),
+                    booted=booted is not None and OSTree.Deployment.equal(dep, booted),
+                    path=self.path / rel,
+                    kernel_args=(bootconfig.get("options") if bootconfig else None) or "",
+                    handle=dep,
+                )
+            )
+        return result
+
+    def stateroot_var(self, osname: str) -> Path:
+        return self.path / "ostree/deploy" / osname / "var"
+
+    def osnames(self) -> list[str]:
+        return sorted(p.name for p in (self.path / "ostree/deploy").iterdir() if p.is_dir())
+
+    def config(self, section: str, key: str) -> str | None:
+        """A value from the sysroot repo's config (petra keeps its settings there)."""
+        return _keyfile_get(self.repo._repo.get_config(), section, key)
+
+    def set_config(self, section: str, key: str, value: str) -> None:
+        config = self.repo._repo.copy_config()
+        config.set_string(section, key, value)
+        self.repo._repo.write_config(config)
+
+    # --- writing (inside `writing()`) ------------------------------------------------------
+
+    def ensure_remote(self, name: str, url: str) -> None:
+        """Add the unsigned remote `name` for `url` unless it exists (a local repo as a source)."""
+        options = GLib.Variant("a{sv}", {"gpg-verify": GLib.Variant("b", False)})
+        try:
+            self.repo._repo.remote_change(
+                None, OSTree.RepoRemoteChange.ADD_IF_NOT_EXISTS, name, url, options, None
+            )
+        except GLib.Error as e:
+            raise RepoError(f"cannot add remote {name} ({url}): {e.message}", "") from e
+
+    def remote_url(self, name: str) -> str | None:
+        try:
+            _, url = self.repo._repo.remote_get_url(name)
+        except GLib.Error:
+            return None
+        return str(url)
+
+    def pull(
+        self, remote: str, ref: str, commit: str | None = None, *, commit_only: bool = False
+    ) -> str:
+        """Pull `ref` (or `commit`, recorded under `ref`) from `remote`; returns the commit.
+
+        With commit_only, only the commit object (metadata) is fetched. Raises RepoError naming
+        the remote and its URL when the pull fails; the repo then holds at most prunable objects.
+        """
+        flags = OSTree.RepoPullFlags.COMMIT_ONLY if commit_only else OSTree.RepoPullFlags.NONE
+        options: dict[str, Any] = {
+            "refs": GLib.Variant("as", [ref]),
+            "flags": GLib.Variant("i", int(flags)),
+        }
+        if commit:
+            options["override-commit-ids"] = GLib.Variant("as", [commit])
+        try:
+            self.repo._repo.pull_with_options(remote, GLib.Variant("a{sv}", options), None, None)
+        except GLib.Error as e:
+            url = self.remote_url(remote) or "?"
+            raise RepoError(
+                f"cannot pull {ref} from {url}: {e.message}",
+                "check that the source repository still exists and holds the ref",
+            ) from e
+        if commit:
+            return commit
+        found = self.repo.resolve(f"{remote}:{ref}")
+        assert found is not None
+        return found
+
+    def deploy_tree(
+        self,
+        osname: str,
+        checksum: str,
+        refspec: str,
+        override_commit: str | None,
+        kernel_args: list[str] | None,
+    ) -> Any:
+        """Check out `checksum` as a new (not yet listed) deployment, /etc merged from the
+        current default. Returns libostree's deployment handle for `write_deployments`."""
+        origin = self._sysroot.origin_new_from_refspec(refspec)
+        if override_commit:
+            origin.set_string("origin", "override-commit", override_commit)
+        merge = self._sysroot.get_merge_deployment(osname)
+        try:
+            _, new = self._sysroot.deploy_tree(osname, checksum, origin, merge, kernel_args, None)
+        except GLib.Error as e:
+            raise RepoError(f"deploying {checksum} failed: {e.message}", "see the message") from e
+        return new
+
+    def write_deployments(self, handles: list[Any]) -> None:
+        """Make `handles` the deployment list, in that order (the first is the default).
+
+        libostree swaps the bootloader entries atomically, removes deployments no longer listed
+        and prunes objects only they used.
+        """
+        try:
+            self._sysroot.write_deployments(handles, None)
+        except GLib.Error as e:
+            raise RepoError(f"writing the deployment list failed: {e.message}", "") from e
+        self._sysroot.load(None)
+
+
+def _keyfile_get(keyfile: Any, section: str, key: str) -> str | None:
+    if keyfile is None:
+        return None
+    try:
+        return str(keyfile.get_string(section, key))
+    except GLib.Error:
+        return None

@@ -3,6 +3,7 @@ compose of each example per session. Real apt (the Debian archive), real ostree,
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -17,10 +18,34 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 
+@pytest.hookimpl(trylast=True)  # after -m has deselected what does not run
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     selected = [item for item in items if item.get_closest_marker("integration")]
     if selected and os.geteuid() != 0:
         raise pytest.UsageError("the integration tier runs as root (composes mount and chroot)")
+    if selected:
+        # Every mount the tier makes (the test file system below) lives in the test run's own
+        # mount namespace and disappears with it. Done here, while pytest has one thread.
+        if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
+            raise pytest.UsageError(f"unshare: {os.strerror(ctypes.get_errno())}")
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+
+
+@pytest.fixture(scope="session")
+def testfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One loop-mounted ext4 made for this test run: every sysroot the tests create (and the
+    repos they deploy from, so pulls are hardlinks) lives here, never on the machine's own file
+    system, which a frozen sysroot write would block for good (NOTES.md, "READ FIRST")."""
+    mountpoint = tmp_path_factory.mktemp("testfs")
+    image = mountpoint.with_suffix(".img")
+    subprocess.run(["truncate", "-s", "24G", image], check=True, timeout=60)
+    subprocess.run(["mkfs.ext4", "-q", "-E", "nodiscard", image], check=True, timeout=300)
+    subprocess.run(["mount", "-o", "loop", image, mountpoint], check=True, timeout=60)
+    image.unlink()  # the loop device holds it; its space returns when it is unmounted
+    yield mountpoint
+    # Thaw before unmounting: tearing down a frozen mount can hang.
+    subprocess.run(["fsfreeze", "-u", mountpoint], capture_output=True, timeout=60)
+    subprocess.run(["umount", mountpoint], check=False, timeout=300)
 
 
 @dataclass(frozen=True)
@@ -34,7 +59,9 @@ class Composed:
 def petra(
     *args: str | Path, check: bool = True, **kwargs: object
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI, as a user would."""
+    """Run the real CLI, as a user would. Sysroots live on the test file system, so even the
+    timeout's kill cannot freeze the machine (and petra's thaw guard thaws after it)."""
+    kwargs.setdefault("timeout", 1200)
     proc = subprocess.run(
         [sys.executable, "-m", "petra", *map(str, args)], capture_output=True, text=True, **kwargs
     )  # type: ignore[call-overload]
@@ -50,7 +77,7 @@ def ostree(*args: str | Path) -> str:
         argv = [argv[2], f"--repo={argv[1]}", *argv[3:]]
     elif argv[0].startswith("--repo="):
         argv = [argv[1], argv[0], *argv[2:]]
-    proc = subprocess.run(["ostree", *argv], capture_output=True, text=True)
+    proc = subprocess.run(["ostree", *argv], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise AssertionError(f"ostree {argv} failed: {proc.stderr}")
     return proc.stdout
@@ -90,9 +117,10 @@ def minimal(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Com
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Composed:
-    """examples/server.toml (kernel, systemd, ssh), composed cold once per session."""
-    base = tmp_path_factory.mktemp("server")
+def server(testfs: Path, shared_cache: Path) -> Composed:
+    """examples/server.toml (kernel, systemd, ssh), composed cold once per session, on the
+    test file system so that the device tests deploy it with hardlinks."""
+    base = testfs / "server"
     return compose(
         EXAMPLES / "server.toml", base / "repo", fresh_cache(shared_cache, base / "cache")
     )

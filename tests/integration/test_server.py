@@ -95,8 +95,8 @@ def test_spec_users_services_and_no_host_keys(server: Composed) -> None:
     assert "ssh_host_" not in ostree("--repo", server.repo, "ls", server.commit, "/usr/etc/ssh")
 
 
-def test_ostree_admin_deploys_the_commit(server: Composed, tmp_path: Path) -> None:
-    sysroot = tmp_path / "sysroot"
+def test_ostree_admin_deploys_the_commit(server: Composed, testfs: Path) -> None:
+    sysroot = testfs / "ostree-admin-sysroot"
     sysroot.mkdir()
     ostree("admin", "init-fs", sysroot)
     ostree("admin", f"--sysroot={sysroot}", "os-init", "petra")
@@ -109,4 +109,3 @@ def test_ostree_admin_deploys_the_commit(server: Composed, tmp_path: Path) -> No
     entries = list((sysroot / "boot/loader/entries").glob("*.conf"))
     assert len(entries) == 1
     assert "ostree=/ostree/boot." in entries[0].read_text()
-    subprocess.run(["chattr", "-R", "-i", sysroot], check=False)

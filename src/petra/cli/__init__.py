@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from petra import __version__
 from petra.cli import compose as compose_cli
 from petra.cli import demo as demo_cli
+from petra.cli import device as device_cli
 from petra.errors import PetraError
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"petra {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     compose_cli.register(sub, common)
+    device_cli.register(sub, common)
     demo_cli.register(sub, common)
     return parser
 

@@ -53,6 +53,7 @@ def compose(
     bad input before any work, ToolError/RepoError for failures; the repo is unchanged then.
     """
     start = time.monotonic()
+    repo_path, cache_dir = repo_path.absolute(), cache_dir.absolute()
     _check_repo_path(repo_path)
     mounts.private_mount_namespace()
     cache = BuildCache(cache_dir)

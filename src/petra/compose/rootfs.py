@@ -99,8 +99,8 @@ def build_cold(
     packages = requested_packages(spec)
     setup = [
         'mkdir -p "$1/var/lib/apt/lists" "$1/var/cache/apt/archives"',
-        f'cp -al {shlex.quote(str(archive.lists_dir))}/*_* "$1/var/lib/apt/lists/"',
-        f'cp -al {shlex.quote(str(archives))}/*.deb "$1/var/cache/apt/archives/"',
+        _link_or_copy(f"{shlex.quote(str(archive.lists_dir))}/*_*", '"$1/var/lib/apt/lists/"'),
+        _link_or_copy(f"{shlex.quote(str(archives))}/*.deb", '"$1/var/cache/apt/archives/"'),
     ]
     if spec.kernel:
         setup += [
@@ -209,3 +209,9 @@ def _clear_dev(target: Path) -> None:
     if dev.is_dir():
         for entry in dev.iterdir():
             tree.remove(entry)
+
+
+def _link_or_copy(sources: str, dest: str) -> str:
+    """A shell line that hardlinks `sources` into `dest`, or copies them when the cache's
+    store lives on another file system."""
+    return f"cp -al {sources} {dest} 2>/dev/null || cp -a {sources} {dest}"

@@ -1,0 +1,196 @@
+"""petra init / deploy / status / upgrade / rollback / cleanup / enter: the device side."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from petra import sysroot as device
+from petra.cli.output import date, print_json, reporter_for
+from petra.errors import UsageError
+from petra.ostree import Sysroot
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--sysroot", type=Path, default=Path("/"), help="the sysroot (default: / , this machine)"
+    )
+
+    p = sub.add_parser("init", parents=[common, where], help="make an empty sysroot")
+    p.add_argument("--osname", default=device.DEFAULT_OSNAME, help="the stateroot's name")
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=device.DEFAULT_KEEP,
+        help="deployments kept per stateroot (default 2: the new one and the rollback)",
+    )
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("deploy", parents=[common, where], help="deploy a commit as the default")
+    p.add_argument("--repo", type=Path, required=True, help="the repository to take it from")
+    p.add_argument("rev", metavar="REF|COMMIT")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("status", parents=[common, where], help="list the deployments")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("upgrade", parents=[common, where], help="deploy the newest commit")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--check", action="store_true", help="only say what would change (exit 77: nothing new)"
+    )
+    mode.add_argument("--download-only", action="store_true", help="pull, do not deploy")
+    p.set_defaults(func=cmd_upgrade)
+
+    p = sub.add_parser("rollback", parents=[common, where], help="make the previous the default")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("cleanup", parents=[common, where], help="drop deployments beyond --keep")
+    p.set_defaults(func=cmd_cleanup)
+
+    p = sub.add_parser("enter", parents=[common, where], help="run a deployment as a container")
+    p.add_argument("--deployment", type=int, default=None, metavar="N", help="(default: 0)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD")
+    p.set_defaults(func=cmd_enter)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    device.init(args.sysroot, args.osname, args.keep)
+    print(f"sysroot {args.sysroot.absolute()} ready, stateroot {args.osname}, keeps {args.keep}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    sysroot = device.open_sysroot(args.sysroot)
+    result = device.deploy(sysroot, args.repo, args.rev, reporter_for(args))
+    print(f"deployed {result.version or '-'} ({result.checksum}) as the default")
+    if result.removed:
+        print(f"removed {result.removed} old deployment(s)")
+    print(f"took {result.seconds:.1f} s")
+    return 0
+
+
+def status_data(sysroot: Sysroot) -> list[dict[str, Any]]:
+    """The documented shape of `petra status --json`: one object per deployment."""
+    deployments = sysroot.deployments()
+    target = device.rollback_target(deployments)
+    data = []
+    for dep in deployments:
+        source = device.source_of(sysroot, dep)
+        info = (
+            sysroot.repo.read_commit(dep.checksum)
+            if sysroot.repo.has_commit(dep.checksum)
+            else None
+        )
+        data.append(
+            {
+                "index": dep.index,
+                "default": dep.index == 0,
+                "booted": dep.booted,
+                "rollback": target is not None and dep.index == target.index,
+                "osname": dep.osname,
+                "commit": dep.checksum,
+                "serial": dep.serial,
+                "ref": source.ref,
+                "version": info.version if info else None,
+                "timestamp": info.timestamp if info else None,
+                "origin": dep.refspec,
+                "source": source.url.removeprefix("file://") if source.url else None,
+                "kernel-args": " ".join(
+                    a for a in dep.kernel_args.split() if not a.startswith("ostree=")
+                ),
+            }
+        )
+    return data
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    sysroot = device.open_sysroot(args.sysroot)
+    data = status_data(sysroot)
+    if args.json:
+        print_json(data)
+        return 0
+    if not data:
+        print(f"{sysroot.path}: no deployments (deploy one with: petra deploy --repo R REF)")
+        return 0
+    for d in data:
+        marks = [m for m in ("default", "booted", "rollback") if d[m]]
+        mark = "●" if d["booted"] else " "
+        print(
+            f"{mark} {d['index']}  {d['osname']}  {d['version'] or '-'}  ({', '.join(marks)})"
+            if marks
+            else f"{mark} {d['index']}  {d['osname']}  {d['version'] or '-'}"
+        )
+        print(f"     commit  {d['commit']}.{d['serial']}")
+        if d["ref"]:
+            print(f"     ref     {d['ref']}")
+        if d["source"]:
+            print(f"     source  {d['source']}")
+        if d["timestamp"] is not None:
+            print(f"     date    {date(d['timestamp'])}")
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    sysroot = device.open_sysroot(args.sysroot)
+    if args.check:
+        check = device.upgrade_check(sysroot)
+        if check.available is None:
+            print(f"no update: {check.current.version or check.current.checksum} is the newest")
+            return device.EXIT_NO_UPDATE
+        new = check.available
+        print(f"update available: {check.current.version or '-'} -> {new.version or '-'}")
+        print(f"  commit   {new.checksum}")
+        added = sum(1 for c in check.changes if c.old is None)
+        removed = sum(1 for c in check.changes if c.new is None)
+        changed = len(check.changes) - added - removed
+        print(f"  packages {added} added, {removed} removed, {changed} changed")
+        for c in check.changes[:20]:
+            print(f"    {c.name} {c.old or '-'} -> {c.new or '-'}")
+        if len(check.changes) > 20:
+            print(f"    … and {len(check.changes) - 20} more")
+        return 0
+    result = device.upgrade(sysroot, reporter_for(args), download_only=args.download_only)
+    if result is None:
+        print("no update: the default deployment is the newest commit")
+        return 0
+    if args.download_only:
+        print(f"downloaded {result.version or '-'} ({result.checksum}); not deployed")
+        return 0
+    print(f"upgraded to {result.version or '-'} ({result.checksum}), the new default")
+    if result.removed:
+        print(f"removed {result.removed} old deployment(s)")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    sysroot = device.open_sysroot(args.sysroot)
+    target = device.rollback(sysroot)
+    print(f"rolled back: {target.checksum}.{target.serial} is the default now")
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    sysroot = device.open_sysroot(args.sysroot)
+    removed = device.cleanup(sysroot)
+    print(f"removed {removed} deployment(s); objects only they used are freed")
+    return 0
+
+
+def cmd_enter(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    sysroot = device.open_sysroot(args.sysroot)
+    dep = device.pick(sysroot, args.deployment)
+    if not dep.path.is_dir():
+        raise UsageError(f"deployment {dep.index} has no tree at {dep.path}", "run: petra status")
+    argv = device.enter_argv(sysroot, dep, command)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(argv[0], argv)  # noqa: S606 (petra becomes bwrap: the exit code is CMD's)
