@@ -1,14 +1,23 @@
-"""`make bench`: compose figures against plain mmdebstrap, measured in one run on this machine.
+"""`make bench`: figures measured in one run on this machine, against the baseline tools.
 
-Prints: cold compose of examples/server.toml vs plain mmdebstrap of the same package set (both
+Compose: cold compose of examples/server.toml vs plain mmdebstrap of the same package set (both
 downloading from the same mirror), recompose after adding one small package (ratio to cold),
 repo size and file count.
+Device: deploy (vs `ostree admin deploy` of the same commit), upgrade of a one-package change
+(pull + deploy), rollback of the server tree and of the small minimal tree, the disk cost of the
+second deployment, and the thaw guard's cost per command.
+
+Everything is written to a loop-mounted file system made for the run, in the run's own mount
+namespace (NOTES.md, "READ FIRST"): a sysroot write never touches the machine's own file system.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,10 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from petra.compose.rootfs import requested_packages  # noqa: E402
+from petra.freeze import thaw_guard  # noqa: E402
 from petra.spec import load_spec  # noqa: E402
 
 SPEC = ROOT / "examples" / "server.toml"
 SMALL_PACKAGE = "tree"
+Row = tuple[str, str, str]
 
 
 def timed(argv: list[str]) -> tuple[float, str]:
@@ -31,7 +42,8 @@ def timed(argv: list[str]) -> tuple[float, str]:
     proc = subprocess.run(argv, capture_output=True, text=True)
     seconds = time.monotonic() - start
     if proc.returncode != 0:
-        sys.exit(f"bench: {' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
+        print(f"bench: {' '.join(argv)} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        sys.exit(1)
     return seconds, proc.stdout
 
 
@@ -40,42 +52,171 @@ def du(path: Path) -> int:
     return int(out.stdout.split()[0])
 
 
+def disk_usage(path: Path) -> int:
+    """Bytes on disk under `path`, each hardlinked inode counted once."""
+    out = subprocess.run(["du", "-s", "--block-size=1", str(path)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return int(out.stdout.split()[0])
+
+
+def run_fs(where: Path) -> Path:
+    """A fresh loop-mounted ext4 at `where`, in this process's private mount namespace."""
+    if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
+        sys.exit(f"bench: unshare: {os.strerror(ctypes.get_errno())} (run it as root)")
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    image, mountpoint = where / "fs.img", where / "fs"
+    mountpoint.mkdir()
+    subprocess.run(["truncate", "-s", "24G", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-E", "nodiscard", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    image.unlink()
+    return mountpoint
+
+
+def release_fs(mountpoint: Path) -> None:
+    """Thaw (unmounting a frozen file system can hang), then unmount; thaw guards that have
+    not exited yet may hold it for a moment, so detach it lazily if it is still busy."""
+    subprocess.run(["fsfreeze", "-u", str(mountpoint)], capture_output=True, check=False)
+    for _ in range(10):
+        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
+
+
+def with_kernel_of(repo: Path, commit: str, ref: str, kernel_repo: Path, kernel: str,
+                   scratch: Path) -> None:  # fmt: skip
+    """`commit` (a tree without a kernel: ostree deploys only trees with one) plus the kernel
+    and initramfs of `kernel`, committed as `ref`. With the same kernel as the server tree,
+    the two rollbacks differ only in tree size (libostree hashes the kernel on every write)."""
+    tree = scratch / "minimal-tree"
+    subprocess.run(["ostree", f"--repo={repo}", "checkout", "-H", commit, str(tree)], check=True)
+    kver = subprocess.run(["ostree", f"--repo={kernel_repo}", "show", kernel,
+                           "--print-metadata-key=ostree.linux"], capture_output=True, text=True,
+                          check=True).stdout.strip().strip("'")  # fmt: skip
+    (tree / "usr/lib/modules").mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ostree", f"--repo={kernel_repo}", "checkout", "-H",
+                    f"--subpath=/usr/lib/modules/{kver}", kernel,
+                    str(tree / f"usr/lib/modules/{kver}")], check=True)  # fmt: skip
+    subprocess.run(["ostree", f"--repo={repo}", "commit", "--link-checkout-speedup",
+                    f"--branch={ref}", f"--tree=dir={tree}", "--subject=bench: + kernel"],
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def rollback_seconds(petra: list[str], sysroot: Path, rounds: int = 5) -> float:
+    return statistics.median(
+        timed([*petra, "rollback", "--sysroot", str(sysroot), "-q"])[0] for _ in range(rounds)
+    )
+
+
+def device_rows(petra: list[str], work: Path, repo: Path, first: str, cache: Path) -> list[Row]:
+    ref = subprocess.run(["ostree", f"--repo={repo}", "refs"], capture_output=True, text=True,
+                         check=True).stdout.split()[0]  # fmt: skip
+    # baseline: libostree's own CLI, pull + deploy of the same commit into a fresh sysroot
+    base = work / "ostree-sysroot"
+    base.mkdir()
+    subprocess.run(["ostree", "admin", "init-fs", "--modern", str(base)], check=True)
+    subprocess.run(["ostree", "admin", f"--sysroot={base}", "os-init", "petra"], check=True)
+    start = time.monotonic()
+    subprocess.run(["ostree", f"--repo={base}/ostree/repo", "pull-local", str(repo), first],
+                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(["ostree", "admin", f"--sysroot={base}", "deploy", "--os=petra", first],
+                   check=True, capture_output=True)  # fmt: skip
+    baseline = time.monotonic() - start
+
+    sysroot = work / "sysroot"
+    timed([*petra, "init", "--sysroot", str(sysroot)])
+    deploy_s, _ = timed([*petra, "deploy", "--sysroot", str(sysroot), "--repo", str(repo), first])
+    one = disk_usage(sysroot)
+    upgrade_s, _ = timed([*petra, "upgrade", "--sysroot", str(sysroot), "-q"])
+    two = disk_usage(sysroot)
+    server_rb = rollback_seconds(petra, sysroot)
+
+    small_repo = work / "minimal-repo"
+    _, out = timed([*petra, "compose", str(ROOT / "examples/minimal.toml"), "--repo",
+                    str(small_repo), "--cache", str(cache), "--quiet", "--json"])  # fmt: skip
+    small_commit = json.loads(out)["commit"]
+    with_kernel_of(small_repo, small_commit, "bench/minimal", repo, first, work)
+    small = work / "minimal-sysroot"
+    timed([*petra, "init", "--sysroot", str(small)])
+    for _ in range(2):
+        timed(
+            [*petra, "deploy", "--sysroot", str(small), "--repo", str(small_repo), "bench/minimal"]
+        )
+    small_rb = rollback_seconds(petra, small)
+
+    guard_dir = work / "guard"
+    guard_dir.mkdir()
+    rounds, costs = 30, []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        with thaw_guard(guard_dir):
+            pass
+        costs.append(time.perf_counter() - start)
+        time.sleep(0.05)  # let that guard exit, as it does between two commands
+    guard_ms = statistics.median(costs) * 1000
+    return [
+        (f"petra deploy ({ref}, pull + deploy)", f"{deploy_s:.1f} s",
+         f"{deploy_s / baseline:.2f}x ostree pull-local + admin deploy ({baseline:.1f} s)"),
+        ("petra upgrade, one-package change", f"{upgrade_s:.1f} s", "pull + deploy"),
+        ("petra rollback, server tree", f"{server_rb:.2f} s", "median of 5 (goal < 1 s)"),
+        ("petra rollback, minimal tree", f"{small_rb:.2f} s",
+         f"same kernel; {small_rb / server_rb:.2f}x the server tree (goal: the same)"),
+        ("disk cost of the second deployment", f"{(two - one) / one * 100:.1f} %",
+         f"{(two - one) / 1e6:.0f} MB over {one / 1e6:.0f} MB (goal <= 5 %)"),
+        ("thaw guard per command", f"{guard_ms:.1f} ms", f"median of {rounds}: start, all clear"),
+    ]  # fmt: skip
+
+
 def main() -> None:
     spec = load_spec(SPEC)
     packages = requested_packages(spec) + (["passwd"] if spec.users else [])
     petra = [sys.executable, "-m", "petra"]
     with tempfile.TemporaryDirectory(prefix="petra-bench-", dir="/var/tmp") as tmp:
-        work = Path(tmp)
-        print(f"bench: {SPEC.name}, {len(packages)} requested packages, mirror {spec.mirror}")
+        mountpoint = run_fs(Path(tmp))
+        try:
+            rows = measure(spec.suite, spec.mirror, packages, petra, mountpoint)
+        finally:
+            release_fs(mountpoint)
+    width = max(len(r[0]) for r in rows)
+    print()
+    for name, value, note in rows:
+        print(f"  {name:<{width}}  {value:>9}  {note}")
 
-        plain, _ = timed(["mmdebstrap", "--variant=minbase", "--mode=root", "-q",
-                          "--aptopt=APT::Install-Recommends \"false\"",
-                          "--include=" + ",".join(packages), spec.suite,
-                          str(work / "plain"), spec.mirror])  # fmt: skip
-        shutil.rmtree(work / "plain")
 
-        cache, repo = work / "cache", work / "repo"
-        cold, out = timed([*petra, "compose", str(SPEC), "--repo", str(repo), "--cache",
-                           str(cache), "--quiet", "--json"])  # fmt: skip
-        first = json.loads(out)
+def measure(
+    suite: str, mirror: str, packages: list[str], petra: list[str], work: Path
+) -> list[Row]:
+    print(f"bench: {SPEC.name}, {len(packages)} requested packages, mirror {mirror}")
 
-        variant = work / "variant.toml"
-        variant.write_text(
-            textwrap.dedent(f"""
-            include = ["{SPEC}"]
-            name = "server"
-            version = "bench"
-            packages = ["{SMALL_PACKAGE}"]
-        """)
-        )
-        warm, out = timed([*petra, "compose", str(variant), "--repo", str(repo), "--cache",
-                           str(cache), "--quiet", "--json"])  # fmt: skip
-        second = json.loads(out)
-        show = json.loads(timed([*petra, "show", "--repo", str(repo), first["commit"],
-                                 "--json"])[1])  # fmt: skip
-        repo_size = du(repo)
+    plain, _ = timed(["mmdebstrap", "--variant=minbase", "--mode=root", "-q",
+                      "--aptopt=APT::Install-Recommends \"false\"",
+                      "--include=" + ",".join(packages), suite,
+                      str(work / "plain"), mirror])  # fmt: skip
+    shutil.rmtree(work / "plain")
 
-    rows = [
+    cache, repo = work / "cache", work / "repo"
+    cold, out = timed([*petra, "compose", str(SPEC), "--repo", str(repo), "--cache",
+                       str(cache), "--quiet", "--json"])  # fmt: skip
+    first = json.loads(out)
+
+    variant = work / "variant.toml"
+    variant.write_text(
+        textwrap.dedent(f"""
+        include = ["{SPEC}"]
+        name = "server"
+        version = "bench"
+        packages = ["{SMALL_PACKAGE}"]
+    """)
+    )
+    warm, out = timed([*petra, "compose", str(variant), "--repo", str(repo), "--cache",
+                       str(cache), "--quiet", "--json"])  # fmt: skip
+    second = json.loads(out)
+    show = json.loads(timed([*petra, "show", "--repo", str(repo), first["commit"],
+                             "--json"])[1])  # fmt: skip
+    repo_size = du(repo)
+
+    rows: list[Row] = [
         ("plain mmdebstrap, same packages", f"{plain:.1f} s", ""),
         ("petra compose, cold (empty cache)", f"{cold:.1f} s",
          f"{cold / plain:.2f}x mmdebstrap (target <= 1.25x)"),
@@ -85,10 +226,7 @@ def main() -> None:
         ("files and dirs in the commit", f"{show['file-count']}",
          f"{show['size'] / 1e6:.0f} MB of file data"),
     ]  # fmt: skip
-    width = max(len(r[0]) for r in rows)
-    print()
-    for name, value, note in rows:
-        print(f"  {name:<{width}}  {value:>9}  {note}")
+    return rows + device_rows(petra, work, repo, first["commit"], cache)
 
 
 if __name__ == "__main__":

@@ -302,7 +302,12 @@ class Sysroot:
         """Load the sysroot at `path`. Raises RepoError if it is not one."""
         p = Path(path).absolute()
         if not cls.is_sysroot(p):
-            raise RepoError(f"{p} is not a sysroot", f"make one with: petra init --sysroot {path}")
+            hint = (
+                "this machine is not a Petra system; pass --sysroot DIR"
+                if p == Path("/")
+                else f"make one with: petra init --sysroot {path}"
+            )
+            raise RepoError(f"{p} is not a sysroot", hint)
         handle = OSTree.Sysroot.new(Gio.File.new_for_path(str(p)))
         try:
             handle.load(None)
@@ -452,17 +457,25 @@ class Sysroot:
         try:
             _, new = self._sysroot.deploy_tree(osname, checksum, origin, merge, kernel_args, None)
         except GLib.Error as e:
-            raise RepoError(f"deploying {checksum} failed: {e.message}", "see the message") from e
+            hint = (
+                "ostree deploys only trees with a kernel: compose a spec with kernel = true"
+                if "kernel" in e.message.lower()
+                else "the deployment list is unchanged; see the message"
+            )
+            raise RepoError(f"deploying {checksum[:12]} failed: {e.message}", hint) from e
         return new
 
-    def write_deployments(self, handles: list[Any]) -> None:
+    def write_deployments(self, handles: list[Any], *, prune: bool = True) -> None:
         """Make `handles` the deployment list, in that order (the first is the default).
 
-        libostree swaps the bootloader entries atomically, removes deployments no longer listed
-        and prunes objects only they used.
+        libostree swaps the bootloader entries atomically and removes deployments no longer
+        listed; with `prune`, it then frees the objects only they used (a walk of the whole
+        repo, so a pure reorder skips it). On failure the old list stays in place.
         """
+        opts = OSTree.SysrootWriteDeploymentsOpts()
+        opts.do_postclean = prune
         try:
-            self._sysroot.write_deployments(handles, None)
+            self._sysroot.write_deployments_with_options(handles, opts, None)
         except GLib.Error as e:
             raise RepoError(f"writing the deployment list failed: {e.message}", "") from e
         self._sysroot.load(None)

@@ -289,7 +289,7 @@ def rollback(sysroot: Sysroot) -> Deployment:
                 "rollback needs an earlier deployment; see: petra status",
             )
         order = [target, *(d for d in current if d is not target)]
-        sysroot.write_deployments([d.handle for d in order])
+        sysroot.write_deployments([d.handle for d in order], prune=False)
     return target
 
 

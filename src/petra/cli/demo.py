@@ -1,23 +1,33 @@
-"""petra demo: the whole story on the built-in default spec, non-interactively."""
+"""petra demo: the whole story on the built-in default spec, non-interactively.
+
+compose → deploy into a sysroot → status → enter (a write to /usr is refused) → compose a new
+version with one more package → upgrade → status → rollback → status.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from petra import inspect
+from petra import sysroot as device
+from petra.cli.device import print_status
 from petra.cli.output import human_size, reporter_for
 from petra.compose import compose
 from petra.compose.cache import default_cache_dir
-from petra.ostree import Repo
+from petra.ostree import Repo, Sysroot
 from petra.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+EXTRA_PACKAGE = "htop"
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("demo", parents=[common], help="compose the default spec and show it")
+    p = sub.add_parser("demo", parents=[common], help="the whole story on the default spec")
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where the demo writes")
     p.add_argument("--spec", type=Path, default=EXAMPLES / "server.toml")
     p.add_argument("--cache", type=Path, default=None)
@@ -28,31 +38,99 @@ def _say(text: str) -> None:
     print(f"\n### {text}", flush=True)
 
 
+def _shell(line: str) -> None:
+    print(f"$ {line}", flush=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     reporter = reporter_for(args)
-    repo_path = args.workdir / "repo"
+    workdir = args.workdir.absolute()
+    repo_path = workdir / "repo"
+    cache = args.cache or default_cache_dir()
+
     _say(f"compose {args.spec} into {repo_path}")
     spec = load_spec(args.spec)
-    result = compose(
-        spec, repo_path, cache_dir=args.cache or default_cache_dir(), reporter=reporter
-    )
+    result = compose(spec, repo_path, cache_dir=cache, reporter=reporter)
     print(f"ref:    {result.ref}")
     print(f"commit: {result.checksum}")
-    repo = Repo.open(repo_path)
-    info = repo.read_commit(result.checksum)
-    data = inspect.describe(info, result.ref)
-    _say("what the commit holds")
+    _describe(Repo.open(repo_path), result.checksum, result.ref)
+
+    sysroot_path = workdir / "sysroot"
+    _say(f"deploy it into the sysroot {sysroot_path}")
+    if not Sysroot.is_sysroot(sysroot_path):
+        device.init(sysroot_path)
+    sysroot = device.open_sysroot(sysroot_path)
+    deployed = device.deploy(sysroot, repo_path, result.ref, reporter)
+    print(f"deployed {deployed.version} in {deployed.seconds:.1f} s")
+    _status(sysroot)
+
+    _say("enter the deployment: /usr is read-only, /etc is writable, /var is shared")
+    _enter(sysroot, "touch /usr/bin/anything")
+    _enter(sysroot, "echo 'written in /etc' > /etc/petra-demo && cat /etc/petra-demo")
+    _enter(sysroot, "date > /var/petra-demo-state && cat /var/petra-demo-state")
+
+    _say(f"compose a new version with one more package ({EXTRA_PACKAGE})")
+    newer = _newer_spec(args.spec, workdir, spec.version)
+    result2 = compose(load_spec(newer), repo_path, cache_dir=cache, reporter=reporter)
+    print(f"commit: {result2.checksum} ({result2.build} build, {result2.seconds:.1f} s)")
+
+    _say("upgrade: the new commit becomes the default deployment; the old one is the rollback")
+    check = device.upgrade_check(sysroot)
+    if check.available:
+        print(f"update: {check.current.version} -> {check.available.version}")
+        for change in check.changes:
+            print(f"  {change.name} {change.old or '-'} -> {change.new or '-'}")
+    upgraded = device.upgrade(sysroot, reporter)
+    if upgraded:
+        print(f"upgraded to {upgraded.version} in {upgraded.seconds:.1f} s")
+    _status(sysroot)
+    _enter(sysroot, f"command -v {EXTRA_PACKAGE}; cat /etc/petra-demo")
+
+    _say("roll back: a reorder of the deployments, nothing is copied")
+    target = device.rollback(sysroot)
+    print(f"the default is {target.checksum[:12]} again")
+    _status(sysroot)
+    _enter(sysroot, f"command -v {EXTRA_PACKAGE} || echo '{EXTRA_PACKAGE}: not in this one'")
+    _say(
+        "done: run the same with the petra command, e.g. petra status --sysroot "
+        + str(sysroot_path)
+    )
+    return 0
+
+
+def _describe(repo: Repo, checksum: str, ref: str) -> None:
+    data = inspect.describe(repo.read_commit(checksum), ref)
     print(
         f"version {data['version']}, kernel {data['kernel'] or '-'}, "
         f"{len(data['packages'])} packages, {human_size(data['size'] or 0)} "
         f"in {data['file-count']} files and dirs"
     )
-    wanted = [
-        p for p in ("systemd", "openssh-server", "ostree", "dracut", "apt") if p in data["packages"]
-    ]
-    for name in wanted:
-        print(f"  {name} {data['packages'][name]}")
-    _say(f"history of {result.ref}")
-    for commit in repo.log(result.ref)[:3]:
-        print(f"  {commit.checksum[:16]}  {commit.version}")
-    return 0
+
+
+def _status(sysroot: Sysroot) -> None:
+    _shell(f"petra status --sysroot {sysroot.path}")
+    sysroot.reload()
+    print_status(sysroot)
+
+
+def _enter(sysroot: Sysroot, line: str) -> None:
+    _shell(f"petra enter --sysroot {sysroot.path} -- sh -c {shlex.quote(line)}")
+    argv = device.enter_argv(sysroot, device.pick(sysroot, None), ["sh", "-c", line])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    for text in (proc.stdout, proc.stderr):
+        if text.strip():
+            print(textwrap.indent(text.rstrip(), "  "))
+    print(f"  (exit {proc.returncode})")
+
+
+def _newer_spec(spec: Path, workdir: Path, version: str) -> Path:
+    path = workdir / "next.toml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        # written by petra demo: the default spec, one more package, a new version
+        include = ["{spec.absolute()}"]
+        version = "{version}.1"
+        packages = ["{EXTRA_PACKAGE}"]
+        """)
+    )
+    return path

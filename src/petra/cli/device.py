@@ -111,21 +111,22 @@ def status_data(sysroot: Sysroot) -> list[dict[str, Any]]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     sysroot = device.open_sysroot(args.sysroot)
-    data = status_data(sysroot)
     if args.json:
-        print_json(data)
+        print_json(status_data(sysroot))
         return 0
+    print_status(sysroot)
+    return 0
+
+
+def print_status(sysroot: Sysroot) -> None:
+    data = status_data(sysroot)
     if not data:
         print(f"{sysroot.path}: no deployments (deploy one with: petra deploy --repo R REF)")
-        return 0
+        return
     for d in data:
-        marks = [m for m in ("default", "booted", "rollback") if d[m]]
-        mark = "●" if d["booted"] else " "
-        print(
-            f"{mark} {d['index']}  {d['osname']}  {d['version'] or '-'}  ({', '.join(marks)})"
-            if marks
-            else f"{mark} {d['index']}  {d['osname']}  {d['version'] or '-'}"
-        )
+        marks = ", ".join(m for m in ("default", "booted", "rollback") if d[m])
+        head = f"{'●' if d['booted'] else ' '} {d['index']}  {d['osname']}  {d['version'] or '-'}"
+        print(f"{head}  ({marks})" if marks else head)
         print(f"     commit  {d['commit']}.{d['serial']}")
         if d["ref"]:
             print(f"     ref     {d['ref']}")
@@ -133,7 +134,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"     source  {d['source']}")
         if d["timestamp"] is not None:
             print(f"     date    {date(d['timestamp'])}")
-    return 0
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
