@@ -139,10 +139,15 @@ def device_rows(petra: list[str], work: Path, repo: Path, first: str, cache: Pat
     with_kernel_of(small_repo, small_commit, "bench/minimal", repo, first, work)
     small = work / "minimal-sysroot"
     timed([*petra, "init", "--sysroot", str(small)])
-    for _ in range(2):
-        timed(
-            [*petra, "deploy", "--sysroot", str(small), "--repo", str(small_repo), "bench/minimal"]
-        )
+    # Two commits with two versions, as on the server sysroot: the version is in each bootloader
+    # entry's title, so a reorder rewrites the entries (and libostree re-reads the kernel).
+    for n in range(2):
+        subprocess.run(["ostree", f"--repo={small_repo}", "commit", "--branch=bench/minimal",
+                        "--tree=ref=bench/minimal", f"--subject=bench {n}",
+                        f"--add-metadata-string=version=bench.{n}"], check=True,
+                       capture_output=True)  # fmt: skip
+        timed([*petra, "deploy", "--sysroot", str(small), "--repo", str(small_repo),
+               "bench/minimal"])  # fmt: skip
     small_rb = rollback_seconds(petra, small)
 
     guard_dir = work / "guard"

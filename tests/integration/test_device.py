@@ -10,39 +10,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import EXAMPLES, Composed, compose, ostree, petra
+from tests.integration.conftest import Releases, ostree, petra
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class Releases:
-    repo: Path
-    v1: str
-    v2: str
-
-
-@pytest.fixture(scope="session")
-def releases(server: Composed) -> Releases:
-    """v1: the composed server tree; v2: the same plus one small package, version bumped."""
-    spec = server.repo.parent / "server-next.toml"
-    spec.write_text(
-        textwrap.dedent(f"""
-        include = ["{EXAMPLES / "server.toml"}"]
-        name = "server-next"
-        version = "2026.11.2"
-        packages = ["htop"]
-    """)
-    )
-    v2 = compose(spec, server.repo, server.cache)
-    return Releases(server.repo, server.commit, v2.commit)
 
 
 class Source:
