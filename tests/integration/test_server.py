@@ -29,9 +29,9 @@ def test_kernel_and_initramfs_live_in_usr_lib_modules(server: Composed) -> None:
     assert kver in show
 
 
-def test_initramfs_has_ostree_prepare_root(server: Composed, tmp_path: Path) -> None:
+def test_initramfs_has_ostree_prepare_root(server: Composed, testfs: Path) -> None:
     kver = kernel_version(server)
-    root = tmp_path / "checkout"
+    root = testfs / "initramfs-checkout"  # a hardlink checkout: on the repo's file system
     ostree("--repo", server.repo, "checkout", "-H", server.commit, root)
     listing = subprocess.run(
         [
