@@ -66,7 +66,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _say("enter the deployment: /usr is read-only, /etc is writable, /var is shared")
     _enter(sysroot, "touch /usr/bin/anything")
-    _enter(sysroot, "echo 'written in /etc' > /etc/petra-demo && cat /etc/petra-demo")
+    _enter(sysroot, 'echo "written in /etc" > /etc/petra-demo && cat /etc/petra-demo')
     _enter(sysroot, "date > /var/petra-demo-state && cat /var/petra-demo-state")
 
     _say(f"compose a new version with one more package ({EXTRA_PACKAGE})")
@@ -90,7 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     target = device.rollback(sysroot)
     print(f"the default is {target.checksum[:12]} again")
     _status(sysroot)
-    _enter(sysroot, f"command -v {EXTRA_PACKAGE} || echo '{EXTRA_PACKAGE}: not in this one'")
+    _enter(sysroot, f'command -v {EXTRA_PACKAGE} || echo "{EXTRA_PACKAGE}: not in this one"')
     _say(
         "done: run the same with the petra command, e.g. petra status --sysroot "
         + str(sysroot_path)
