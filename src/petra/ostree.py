@@ -21,6 +21,7 @@ gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
 from petra.errors import LockedError, RepoError  # noqa: E402
+from petra.freeze import thaw_guard  # noqa: E402
 from petra.run import run  # noqa: E402
 
 MetadataValue = str | bool | int | list[str] | list[tuple[str, str]]
@@ -270,10 +271,7 @@ class Deployment:
     osname: str
     checksum: str
     serial: int
-    bootcsum: str
-    bootserial: int
     refspec: str | None
-    override_commit: str | None
     booted: bool
     path: Path
     kernel_args: str
@@ -331,8 +329,6 @@ class Sysroot:
     @contextmanager
     def writing(self) -> Iterator[None]:
         """Hold the sysroot lock (fail fast if another writer has it) and a thaw guard."""
-        from petra.freeze import thaw_guard
-
         _, acquired = self._sysroot.try_lock()
         if not acquired:
             raise LockedError(
@@ -345,9 +341,6 @@ class Sysroot:
         finally:
             self._sysroot.unlock()
 
-    def reload(self) -> None:
-        self._sysroot.load(None)
-
     # --- reading ---------------------------------------------------------------------------
 
     def deployments(self) -> list[Deployment]:
@@ -355,8 +348,7 @@ class Sysroot:
         booted = self._sysroot.get_booted_deployment()
         result = []
         for index, dep in enumerate(self._sysroot.get_deployments()):
-            origin = dep.get_origin()
-            refspec = _keyfile_get(origin, "origin", "refspec")
+            refspec = _keyfile_get(dep.get_origin(), "origin", "refspec")
             bootconfig = dep.get_bootconfig()
             rel = self._sysroot.get_deployment_dirpath(dep)
             result.append(
@@ -365,10 +357,7 @@ class Sysroot:
                     osname=dep.get_osname(),
                     checksum=dep.get_csum(),
                     serial=dep.get_deployserial(),
-                    bootcsum=dep.get_bootcsum(),
-                    bootserial=dep.get_bootserial(),
                     refspec=refspec,
-                    override_commit=_keyfile_get(origin, "origin", "override-commit"),
                     booted=booted is not None and OSTree.Deployment.equal(dep, booted),
                     path=self.path / rel,
                     kernel_args=(bootconfig.get("options") if bootconfig else None) or "",

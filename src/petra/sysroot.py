@@ -82,11 +82,6 @@ class Source:
     url: str | None
 
 
-def open_sysroot(path: Path) -> Sysroot:
-    """Open an existing sysroot. Raises RepoError (with a hint) if `path` is not one."""
-    return Sysroot.open(path)
-
-
 def init(path: Path, osname: str = DEFAULT_OSNAME, keep: int = DEFAULT_KEEP) -> Sysroot:
     """Make an empty sysroot with stateroot `osname` at `path` (absent or an empty directory).
 
@@ -200,21 +195,20 @@ def _deploy_commit(
 
 
 def _placeholder(handle: object, osname: str) -> Deployment:
-    return Deployment(0, osname, "", 0, "", 0, None, None, False, Path(), "", handle)
+    return Deployment(0, osname, "", 0, None, False, Path(), "", handle)
 
 
 @dataclass(frozen=True)
 class UpdateCheck:
     current: CommitInfo
     available: CommitInfo | None  # None: nothing new
-    source: Source
     changes: list[inspect.PackageChange]
 
 
 def check_update(sysroot: Sysroot, commit_only: bool) -> tuple[Deployment, str, str]:
     """Fetch the newest commit of the default deployment's tracked ref.
 
-    Returns (default deployment, remote, new checksum). Raises RepoError if there is no
+    Returns (default deployment, its refspec, new checksum). Raises RepoError if there is no
     deployment, it tracks no ref, or its source is gone (the message names it).
     """
     current = sysroot.deployments()
@@ -238,7 +232,7 @@ def check_update(sysroot: Sysroot, commit_only: bool) -> tuple[Deployment, str, 
             "deploy again from a repository that exists: petra deploy --repo R REF",
         )
     checksum = sysroot.pull(source.remote, source.ref, commit_only=commit_only)
-    return default, source.remote, checksum
+    return default, f"{source.remote}:{source.ref}", checksum
 
 
 def upgrade_check(sysroot: Sysroot) -> UpdateCheck:
@@ -246,11 +240,10 @@ def upgrade_check(sysroot: Sysroot) -> UpdateCheck:
     with sysroot.writing():
         default, _, checksum = check_update(sysroot, commit_only=True)
     current = sysroot.repo.read_commit(default.checksum)
-    source = source_of(sysroot, default)
     if checksum == default.checksum:
-        return UpdateCheck(current, None, source, [])
+        return UpdateCheck(current, None, [])
     new = sysroot.repo.read_commit(checksum)
-    return UpdateCheck(current, new, source, inspect.package_changes(current, new))
+    return UpdateCheck(current, new, inspect.package_changes(current, new))
 
 
 def upgrade(
@@ -265,14 +258,13 @@ def upgrade(
     start = time.monotonic()
     with sysroot.writing():
         reporter.step("pull", "newest commit of the tracked ref")
-        default, remote, checksum = check_update(sysroot, commit_only=False)
+        default, refspec, checksum = check_update(sysroot, commit_only=False)
         if checksum == default.checksum:
             return None
         if download_only:
             version = sysroot.repo.read_commit(checksum).version
             return DeployResult(checksum, version, 0, time.monotonic() - start)
-        ref = source_of(sysroot, default).ref
-        return _deploy_commit(sysroot, checksum, f"{remote}:{ref}", None, reporter, start)
+        return _deploy_commit(sysroot, checksum, refspec, None, reporter, start)
 
 
 def rollback(sysroot: Sysroot) -> Deployment:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 
 
 def dep(name: str, osname: str = "petra", booted: bool = False) -> Deployment:
-    return Deployment(0, osname, name, 0, "", 0, None, None, booted, Path(), "", name)
+    return Deployment(0, osname, name, 0, None, booted, Path(), "", name)
 
 
 def names(deployments: list[Deployment]) -> list[str]:

@@ -59,7 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _say(f"deploy it into the sysroot {sysroot_path}")
     if not Sysroot.is_sysroot(sysroot_path):
         device.init(sysroot_path)
-    sysroot = device.open_sysroot(sysroot_path)
+    sysroot = Sysroot.open(sysroot_path)
     deployed = device.deploy(sysroot, repo_path, result.ref, reporter)
     print(f"deployed {deployed.version} in {deployed.seconds:.1f} s")
     _status(sysroot)
@@ -109,7 +109,6 @@ def _describe(repo: Repo, checksum: str, ref: str) -> None:
 
 def _status(sysroot: Sysroot) -> None:
     _shell(f"petra status --sysroot {sysroot.path}")
-    sysroot.reload()
     print_status(sysroot)
 
 

@@ -66,7 +66,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    sysroot = device.open_sysroot(args.sysroot)
+    sysroot = Sysroot.open(args.sysroot)
     result = device.deploy(sysroot, args.repo, args.rev, reporter_for(args))
     print(f"deployed {result.version or '-'} ({result.checksum}) as the default")
     if result.removed:
@@ -110,7 +110,7 @@ def status_data(sysroot: Sysroot) -> list[dict[str, Any]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    sysroot = device.open_sysroot(args.sysroot)
+    sysroot = Sysroot.open(args.sysroot)
     if args.json:
         print_json(status_data(sysroot))
         return 0
@@ -137,7 +137,7 @@ def print_status(sysroot: Sysroot) -> None:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    sysroot = device.open_sysroot(args.sysroot)
+    sysroot = Sysroot.open(args.sysroot)
     if args.check:
         check = device.upgrade_check(sysroot)
         if check.available is None:
@@ -169,14 +169,14 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    sysroot = device.open_sysroot(args.sysroot)
+    sysroot = Sysroot.open(args.sysroot)
     target = device.rollback(sysroot)
     print(f"rolled back: {target.checksum}.{target.serial} is the default now")
     return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    sysroot = device.open_sysroot(args.sysroot)
+    sysroot = Sysroot.open(args.sysroot)
     removed = device.cleanup(sysroot)
     print(f"removed {removed} deployment(s); objects only they used are freed")
     return 0
@@ -186,7 +186,7 @@ def cmd_enter(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    sysroot = device.open_sysroot(args.sysroot)
+    sysroot = Sysroot.open(args.sysroot)
     dep = device.pick(sysroot, args.deployment)
     if not dep.path.is_dir():
         raise UsageError(f"deployment {dep.index} has no tree at {dep.path}", "run: petra status")
