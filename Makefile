@@ -9,7 +9,7 @@ SRC_DIRS  := src tests benchmarks
 # Downloaded .debs and apt indices shared by test runs, so a second run does not download again.
 export PETRA_TEST_CACHE ?= /var/tmp/petra-test-cache
 
-.PHONY: setup demo test lint unit integration bench clean
+.PHONY: setup demo test lint unit integration soak bench clean
 
 setup: $(VENV)/.installed
 	@packaging/install-debian-packages packaging/debian-packages.txt
@@ -36,6 +36,12 @@ integration: setup
 	$(BIN)/pytest -m integration
 
 test: lint unit integration
+
+# Not in CI: the crash-safety kill harness with many more kills (KILLS=N, default 300); it
+# prints its seed and how many kills landed mid-write. PETRA_KILL_SEED=S replays a run.
+KILLS ?= 300
+soak: setup
+	PETRA_KILLS=$(KILLS) $(BIN)/pytest -m integration tests/integration/test_crash.py
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

@@ -327,8 +327,13 @@ class Sysroot:
         return cls(p, handle)
 
     @contextmanager
-    def writing(self) -> Iterator[None]:
-        """Hold the sysroot lock (fail fast if another writer has it) and a thaw guard."""
+    def writing(self, *, tidy: bool = True) -> Iterator[None]:
+        """Hold the sysroot lock (fail fast if another writer has it) and a thaw guard.
+
+        With `tidy`, a body that completes also removes what an interrupted command left
+        behind (a deployment tree that no listed deployment owns), so that the next command
+        finishes its work. Raises LockedError if another writer holds the lock.
+        """
         _, acquired = self._sysroot.try_lock()
         if not acquired:
             raise LockedError(
@@ -338,6 +343,8 @@ class Sysroot:
         try:
             with thaw_guard(self.path / "boot"):
                 yield
+                if tidy and self.unlisted_trees():
+                    self.clean()
         finally:
             self._sysroot.unlock()
 
@@ -365,6 +372,13 @@ class Sysroot:
                 )
             )
         return result
+
+    def unlisted_trees(self) -> list[Path]:
+        """Deployment trees on disk that no listed deployment owns: what a command killed
+        between checking a tree out and writing the list (or pruning) leaves behind."""
+        listed = {d.path for d in self.deployments()}
+        trees = (self.path / "ostree/deploy").glob("*/deploy/*")
+        return sorted(p for p in trees if p.is_dir() and not p.is_symlink() and p not in listed)
 
     def stateroot_var(self, osname: str) -> Path:
         return self.path / "ostree/deploy" / osname / "var"
@@ -468,6 +482,14 @@ class Sysroot:
         except GLib.Error as e:
             raise RepoError(f"writing the deployment list failed: {e.message}", "") from e
         self._sysroot.load(None)
+
+    def clean(self) -> None:
+        """Remove what no listed deployment uses: trees and boot directories left by an
+        interrupted write, and the objects only they held. Raises RepoError on failure."""
+        try:
+            self._sysroot.cleanup(None)
+        except GLib.Error as e:
+            raise RepoError(f"cleaning the sysroot failed: {e.message}", "") from e
 
 
 def _keyfile_get(keyfile: Any, section: str, key: str) -> str | None:

@@ -237,7 +237,7 @@ def check_update(sysroot: Sysroot, commit_only: bool) -> tuple[Deployment, str, 
 
 def upgrade_check(sysroot: Sysroot) -> UpdateCheck:
     """What `upgrade` would do, fetching only commit metadata. Nothing is deployed."""
-    with sysroot.writing():
+    with sysroot.writing(tidy=False):
         default, _, checksum = check_update(sysroot, commit_only=True)
     current = sysroot.repo.read_commit(default.checksum)
     if checksum == default.checksum:
@@ -286,14 +286,18 @@ def rollback(sysroot: Sysroot) -> Deployment:
 
 
 def cleanup(sysroot: Sysroot) -> int:
-    """Drop deployments beyond the kept number and free objects only they used.
+    """Drop deployments beyond the kept number, remove what an interrupted command left (an
+    unlisted tree, an old boot directory) and free the objects only they used.
 
     Returns how many deployments were removed. Raises RepoError on failure, list unchanged.
     """
     with sysroot.writing():
         current = sysroot.deployments()
         kept = keep_list(current, osname_of(sysroot), keep_of(sysroot))
-        sysroot.write_deployments([d.handle for d in kept])
+        if len(kept) < len(current):
+            sysroot.write_deployments([d.handle for d in kept])  # cleans up after itself
+        else:
+            sysroot.clean()  # (also what an interrupted command left)
     return len(current) - len(kept)
 
 

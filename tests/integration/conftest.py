@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
             raise pytest.UsageError(f"unshare: {os.strerror(ctypes.get_errno())}")
         subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+
+
+# What the kill tests report at the end of the run: their seeds and how many kills landed.
+KILL_REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if KILL_REPORT:
+        terminalreporter.section("kills")
+        for line in KILL_REPORT:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def kill_seed(request: pytest.FixtureRequest) -> int:
+    """The seed of a test's random kill moments: $PETRA_KILL_SEED replays a run."""
+    seed = int(os.environ.get("PETRA_KILL_SEED") or random.SystemRandom().randrange(2**32))
+    KILL_REPORT.append(f"{request.node.name}: seed {seed} (replay: PETRA_KILL_SEED={seed})")
+    return seed
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Releases, petra
+from tests.integration.sysroots import frozen
 
 pytestmark = pytest.mark.integration
 
@@ -65,23 +66,6 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return where / "shim.so"
 
 
-def frozen(mountpoint: Path, settle: float = 10.0) -> bool:
-    """Whether `mountpoint` is (still) frozen; always leaves it thawed. A guard thaws a moment
-    after the kill, so a frozen answer is re-checked until `settle` seconds have passed."""
-    deadline = time.monotonic() + settle
-    while True:
-        probe = subprocess.run(
-            ["fsfreeze", "-f", mountpoint], capture_output=True, text=True, timeout=60
-        )
-        if probe.returncode == 0:
-            subprocess.run(["fsfreeze", "-u", mountpoint], check=True, timeout=60)
-            return False
-        if time.monotonic() > deadline:
-            subprocess.run(["fsfreeze", "-u", mountpoint], capture_output=True, timeout=60)
-            return True
-        time.sleep(0.25)
-
-
 def kill_inside_the_freeze(sysroot: Path, shim: Path, pidfile: Path, guarded: bool) -> None:
     """Run `petra rollback`, wait until it has frozen boot/'s file system, SIGKILL it."""
     env = {**os.environ, "LD_PRELOAD": str(shim), "FREEZE_SHIM_PIDFILE": str(pidfile)}
@@ -118,7 +102,7 @@ def test_a_kill_inside_the_freeze_window_leaves_nothing_frozen(
     pidfile = tmp_path / "froze.pid"  # on the machine's file system: never frozen
 
     kill_inside_the_freeze(sysroot, shim, pidfile, guarded=False)
-    assert frozen(testfs, settle=0), "without the guard the kill must leave it frozen"
+    assert frozen(testfs), "without the guard the kill must leave it frozen"
 
     kill_inside_the_freeze(sysroot, shim, pidfile, guarded=True)
     assert not frozen(testfs), "the thaw guard did not thaw the file system"

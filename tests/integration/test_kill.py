@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import EXAMPLES, Composed, fresh_cache, ostree
+from tests.integration.sysroots import frozen
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +41,14 @@ def kill_at(proc: subprocess.Popen[bytes], seconds: float) -> bool:
 
 
 def assert_intact(repo: Path, ref: str, commit: str, cache: Path) -> None:
+    # Compose freezes nothing, but after every kill the harness makes sure of it.
+    where = subprocess.run(
+        ["findmnt", "-n", "-o", "TARGET", "-T", repo.parent],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert not frozen(Path(where.stdout.strip())), f"{where.stdout.strip()} was frozen"
     assert "no errors found" in ostree("--repo", repo, "fsck")
     assert ostree("--repo", repo, "rev-parse", ref).strip() == commit
     if (cache / "repo/config").exists():
@@ -63,9 +71,9 @@ def spec_with(tmp_path: Path, name: str, packages: list[str], version: str) -> P
 
 
 def test_sigkill_during_compose_leaves_repo_valid(
-    minimal: Composed, shared_cache: Path, tmp_path: Path
+    minimal: Composed, shared_cache: Path, tmp_path: Path, kill_seed: int
 ) -> None:
-    rng = random.Random(int(os.environ.get("PETRA_KILL_SEED", time.time())))
+    rng = random.Random(kill_seed)
     repo = tmp_path / "repo"
     ostree("--repo", repo, "init", "--mode=bare")
     ostree("--repo", repo, "pull-local", minimal.repo, minimal.commit)

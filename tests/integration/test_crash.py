@@ -1,0 +1,77 @@
+"""Crash-safe deployments: deploy, upgrade, rollback and cleanup SIGKILLed at random moments
+leave the old system or the new one, complete, usable, and never a frozen file system.
+
+$PETRA_KILLS sets the number of kills (`make test`: 32; `make soak`: 300 by default) and
+$PETRA_KILL_SEED replays a run; the seed and the counts are printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import KILL_REPORT, Releases, ostree, petra
+from tests.integration.killing import Expected, KillHarness, fingerprint
+from tests.integration.sysroots import Source
+
+pytestmark = pytest.mark.integration
+
+KILLS = int(os.environ.get("PETRA_KILLS", "32"))
+KEEP = 2
+
+
+def test_sigkill_at_random_moments_leaves_the_old_or_the_new_system(
+    releases: Releases, testfs: Path, kill_seed: int
+) -> None:
+    source = Source(releases, "kills")
+    sysroot = testfs / "sysroots" / "kills"
+    sysroot_repo = sysroot / "ostree/repo"
+    harness = KillHarness(testfs, sysroot, kill_seed)
+    petra("init", "--sysroot", sysroot, "--keep", str(KEEP))
+
+    # Each command once, to completion, doing real work: its run time sets its kill window.
+    harness.calibrate("deploy", "--repo", source.repo, source.ref)
+    source.point_at(releases.v2)
+    harness.calibrate("upgrade")
+    harness.calibrate("rollback")
+    ostree("--repo", sysroot_repo, "config", "set", "petra.keep", str(KEEP + 1))
+    petra("deploy", "--sysroot", sysroot, "--repo", source.repo, source.ref)
+    ostree("--repo", sysroot_repo, "config", "set", "petra.keep", str(KEEP))
+    harness.calibrate("cleanup")
+    # What counts a kill as mid-write: a command that only reads changes nothing it looks at.
+    on_disk = fingerprint(sysroot)
+    petra("status", "--sysroot", sysroot)
+    assert fingerprint(sysroot) == on_disk
+
+    try:
+        for _ in range(KILLS):
+            command = harness.rng.choice(["deploy", "upgrade", "rollback", "cleanup"])
+            before = harness.listed()
+            other = releases.v2 if before[0][0] == releases.v1 else releases.v1
+            after: Expected
+            if command in ("deploy", "upgrade"):
+                source.point_at(other)
+                argv: tuple[str | Path, ...] = (
+                    ("deploy", "--repo", source.repo, source.ref)
+                    if command == "deploy"
+                    else ("upgrade",)
+                )
+                after = [other, *before[: KEEP - 1]]
+            elif command == "rollback":
+                argv, after = ("rollback",), [before[1], before[0], *before[2:]]
+            else:  # one deployment more than kept, for cleanup to remove
+                ostree("--repo", sysroot_repo, "config", "set", "petra.keep", str(KEEP + 1))
+                source.point_at(other)
+                petra("deploy", "--sysroot", sysroot, "--repo", source.repo, source.ref)
+                ostree("--repo", sysroot_repo, "config", "set", "petra.keep", str(KEEP))
+                before = harness.listed()
+                argv, after = ("cleanup",), list(before[:KEEP])
+            harness.kill(argv, before, after)
+            if command in ("deploy", "upgrade"):  # run again: the new system is the default
+                assert harness.listed()[0][0] == other
+    finally:
+        KILL_REPORT.append(f"  {harness.summary()}")
+    landed = sum(k.landed for k in harness.kills)
+    assert landed >= KILLS // 2, f"only {landed} of {KILLS} kills landed while a command ran"
