@@ -73,9 +73,9 @@ class KillHarness:
     def kill(self, argv: tuple[str | Path, ...], before: list[Ident], after: Expected) -> Kill:
         """SIGKILL `petra ARGV` (and everything it started) at a random moment, check what it
         left, then run it again. `before` is the list now, `after` the one it writes."""
-        command = str(argv[0])
+        command, number = str(argv[0]), len(self.kills) + 1
         moment = self.rng.uniform(0, self.windows[command])
-        label = f"kill {len(self.kills) + 1} (seed {self.seed}: {command} at {moment:.2f} s)"
+        label = f"kill {number} (seed {self.seed}: {command} at {moment:.2f} s)"
         on_disk = fingerprint(self.sysroot)
         proc = subprocess.Popen(
             [sys.executable, "-m", "petra", *map(str, argv), "--sysroot", self.sysroot, "-q"],
@@ -95,7 +95,7 @@ class KillHarness:
         proc.stderr.close()
         assert landed or proc.returncode == 0, f"{label}: it failed by itself: {errors}"
         wrote = landed and fingerprint(self.sysroot) != on_disk
-        kill = Kill(len(self.kills) + 1, command, moment, landed, wrote)
+        kill = Kill(number, command, moment, landed, wrote)
         self.kills.append(kill)
 
         if frozen(self.testfs):

@@ -31,14 +31,19 @@ def test_sigkill_at_random_moments_leaves_the_old_or_the_new_system(
     harness = KillHarness(testfs, sysroot, kill_seed)
     petra("init", "--sysroot", sysroot, "--keep", str(KEEP))
 
+    def deploy_one_more_than_kept(commit: str) -> None:
+        """Leave KEEP + 1 deployments, the newest of `commit`, for cleanup to trim."""
+        ostree("--repo", sysroot_repo, "config", "set", "petra.keep", str(KEEP + 1))
+        source.point_at(commit)
+        petra("deploy", "--sysroot", sysroot, "--repo", source.repo, source.ref)
+        ostree("--repo", sysroot_repo, "config", "set", "petra.keep", str(KEEP))
+
     # Each command once, to completion, doing real work: its run time sets its kill window.
     harness.calibrate("deploy", "--repo", source.repo, source.ref)
     source.point_at(releases.v2)
     harness.calibrate("upgrade")
     harness.calibrate("rollback")
-    ostree("--repo", sysroot_repo, "config", "set", "petra.keep", str(KEEP + 1))
-    petra("deploy", "--sysroot", sysroot, "--repo", source.repo, source.ref)
-    ostree("--repo", sysroot_repo, "config", "set", "petra.keep", str(KEEP))
+    deploy_one_more_than_kept(releases.v2)
     harness.calibrate("cleanup")
     # What counts a kill as mid-write: a command that only reads changes nothing it looks at.
     on_disk = fingerprint(sysroot)
@@ -61,11 +66,8 @@ def test_sigkill_at_random_moments_leaves_the_old_or_the_new_system(
                 after = [other, *before[: KEEP - 1]]
             elif command == "rollback":
                 argv, after = ("rollback",), [before[1], before[0], *before[2:]]
-            else:  # one deployment more than kept, for cleanup to remove
-                ostree("--repo", sysroot_repo, "config", "set", "petra.keep", str(KEEP + 1))
-                source.point_at(other)
-                petra("deploy", "--sysroot", sysroot, "--repo", source.repo, source.ref)
-                ostree("--repo", sysroot_repo, "config", "set", "petra.keep", str(KEEP))
+            else:
+                deploy_one_more_than_kept(other)
                 before = harness.listed()
                 argv, after = ("cleanup",), list(before[:KEEP])
             harness.kill(argv, before, after)
