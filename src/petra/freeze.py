@@ -33,15 +33,17 @@ DISABLE_VARIABLE = "PETRA_TEST_DISABLE_THAW_GUARD"
 
 
 @contextmanager
-def thaw_guard(boot_dir: Path) -> Iterator[None]:
+def thaw_guard(boot_dir: Path) -> Iterator[int]:
     """Run the body under a thaw guard for the file system holding `boot_dir`.
 
     If petra dies (any signal) or the body raises, the guard thaws that file system once every
     process holding the pipe has exited. A clean exit from the body tells the guard not to.
-    Raises OSError if `boot_dir` cannot be opened or the guard cannot start.
+    Yields the pipe's write end: pass it to a child process that may freeze (a tool petra
+    runs), so the guard also waits for that child. Raises OSError if `boot_dir` cannot be
+    opened or the guard cannot start.
     """
     if os.environ.get(DISABLE_VARIABLE) == "1":
-        yield
+        yield -1
         return
     boot_fd = os.open(boot_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     read_end, write_end = os.pipe()
@@ -62,7 +64,7 @@ def thaw_guard(boot_dir: Path) -> Iterator[None]:
     os.set_inheritable(write_end, True)
     clean = False
     try:
-        yield
+        yield write_end
         clean = True
     finally:
         if clean:

@@ -160,6 +160,14 @@ class Repo:
         except GLib.Error:
             return False
 
+    def has_path(self, checksum: str, path: str) -> bool:
+        """Whether the tree of commit `checksum` holds `path` (absolute, in the tree)."""
+        try:
+            _, root, _ = self._repo.read_commit(checksum, None)
+        except GLib.Error as e:
+            raise RepoError(f"commit {checksum} is not in {self.path}", "check the checksum") from e
+        return bool(root.resolve_relative_path(path.lstrip("/")).query_exists(None))
+
     def log(self, rev: str) -> list[CommitInfo]:
         """The commit `rev` names and its ancestors present in the repo, newest first."""
         checksum = self.resolve(rev)

@@ -29,10 +29,13 @@ def run(
     reporter: Reporter | None = None,
     check: bool = True,
     input_text: str | None = None,
+    pass_fds: Sequence[int] = (),
     hint: str = "rerun the command above to see its full output",
 ) -> subprocess.CompletedProcess[str]:
     """Run `argv`, capturing stdout and stderr (merged when streaming to a reporter).
 
+    `pass_fds` are file descriptors the child inherits (every other one is closed; -1 is
+    ignored).
     With a reporter, each output line is passed to reporter.info as it arrives. With check=True a
     non-zero exit raises ToolError whose message holds the command line and its last output lines.
     """
@@ -46,6 +49,7 @@ def run(
                 capture_output=True,
                 text=True,
                 input=input_text,
+                pass_fds=tuple(fd for fd in pass_fds if fd >= 0),
                 check=False,
             )
         except FileNotFoundError as e:
@@ -63,6 +67,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            pass_fds=tuple(fd for fd in pass_fds if fd >= 0),
             text=True,
             bufsize=1,
         ) as popen:

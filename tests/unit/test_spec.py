@@ -36,7 +36,7 @@ def test_examples_load() -> None:
     assert server.ref.startswith("petra/trixie/") and server.ref.endswith("/server")
     assert "openssh-server" in server.packages
     assert "ca-certificates" in server.packages  # from base.toml
-    assert [f.destination for f in server.files] == ["/etc/motd"]
+    assert sorted(f.destination for f in server.files) == ["/etc/default/grub", "/etc/motd"]
     assert server.users[0].name == "admin" and server.users[0].groups == ("sudo",)
     assert server.services_enable == ("ssh.service",)
 

@@ -11,6 +11,7 @@ from petra import __version__
 from petra.cli import compose as compose_cli
 from petra.cli import demo as demo_cli
 from petra.cli import device as device_cli
+from petra.cli import machine as machine_cli
 from petra.errors import PetraError
 
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     compose_cli.register(sub, common)
     device_cli.register(sub, common)
+    machine_cli.register(sub, common)
     demo_cli.register(sub, common)
     return parser
 
@@ -39,7 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code. User errors print one line (traceback with --debug)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is a command to run (vm run, enter), never parsed:
+    # argparse's own "--" handling does not reach into nested subcommands.
+    tail = None
+    if "--" in words:
+        cut = words.index("--")
+        words, tail = words[:cut], words[cut + 1 :]
+    args = parser.parse_args(words)
+    if tail is not None:
+        if not hasattr(args, "command") or not isinstance(args.command, list):
+            parser.error("'--' is only for commands that run a command (vm run, enter)")
+        args.command = [*args.command, *tail]
     debug = bool(getattr(args, "debug", False)) or os.environ.get("PETRA_DEBUG") == "1"
     try:
         code: int = args.func(args)

@@ -30,7 +30,7 @@ from petra.spec import Spec
 T = TypeVar("T")
 
 # Bump when the conventions change: the same spec then composes to a new commit.
-CONVENTIONS = "petra-conventions-1"
+CONVENTIONS = "petra-conventions-2"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@
 - /var is emptied; every directory it had becomes a tmpfiles.d line;
 - /home, /root, /opt, /srv, /mnt and /usr/local point into /var;
 - the kernel and initramfs move to /usr/lib/modules/$KVER/; /boot is left empty;
-- nothing machine-specific: empty machine-id, no SSH host keys, no logs, caches or apt lists.
+- tmpfiles.d lines for paths that are now links (/root, /home, /srv ...) are redirected into /var;
+- nothing machine-specific: machine-id reads "uninitialized" (systemd's mark of an image that has
+  not booted yet, so the first boot is a first boot), no SSH host keys, no logs, caches or apt
+  lists, no /vmlinuz or /initrd.img links at the root.
 
 Runs on a hardlink checkout, so it only renames, removes and creates (petra.tree's rule).
 """
@@ -77,6 +80,7 @@ def apply(root: Path, extra_tmpfiles: list[str], kernel: bool) -> ConventionResu
     tmpfiles += list(APT_RUNTIME_DIRS)
     tmpfiles += extra_tmpfiles
     _write_tmpfiles(root, tmpfiles)
+    _redirect_tmpfiles(root)
     _ostree_dirs(root)
     tree.move(root / "etc", root / "usr/etc")  # ostree refuses a tree with both
     return ConventionResult(kver)
@@ -86,8 +90,11 @@ def _remove_machine_specific(root: Path) -> None:
     for pattern in MACHINE_SPECIFIC:
         for path in root.glob(pattern):
             tree.remove(path)
-    machine_id = root / "etc/machine-id"
-    tree.write_file(machine_id, b"", 0o444)
+    tree.write_file(root / "etc/machine-id", b"uninitialized\n", 0o444)
+    # Debian's kernel postinst points these at /boot, which a deployed tree does not use.
+    for name in ("vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"):
+        if (root / name).is_symlink():
+            tree.remove(root / name)
     # Host-derived files that mmdebstrap copies in and cleanup may leave.
     for name in ("var/lib/systemd/random-seed", "var/lib/systemd/credential.secret"):
         tree.remove(root / name)
@@ -212,12 +219,30 @@ def _write_tmpfiles(root: Path, lines: list[str]) -> None:
             unique.append(line)
     body = "# Made by petra compose: what this tree needs under /var.\n" + "\n".join(unique) + "\n"
     tree.write_file(root / "usr/lib/tmpfiles.d/petra-var.conf", body)
-    # systemd's own home.conf expects /home and /srv to be directories.
-    tree.write_file(
-        root / "etc/tmpfiles.d/home.conf",
-        "# Petra: /home and /srv are symlinks into /var.\n"
-        "Q /var/home 0755 - - -\nq /var/srv 0755 - - -\n",
-    )
+
+
+def _redirect_tmpfiles(root: Path) -> None:
+    """Packages' tmpfiles.d lines for /root, /home, /srv ... (e.g. systemd's home.conf and
+    provision.conf) expect directories; an override of the same name in /etc points them at
+    the /var directories the links lead to, so tmpfiles neither warns nor fails at boot."""
+    rewrites = {"/" + name: "/" + target.removeprefix("../") for name, target in VAR_LINKS.items()}
+    for conf in sorted((root / "usr/lib/tmpfiles.d").glob("*.conf")):
+        if conf.name == "petra-var.conf" or (root / "etc/tmpfiles.d" / conf.name).exists():
+            continue
+        lines, changed = [], False
+        for line in conf.read_text().splitlines():
+            fields = line.split(None, 2)
+            if len(fields) >= 2 and not line.startswith("#"):
+                path = fields[1]
+                for old, new in rewrites.items():
+                    if path == old or path.startswith(old + "/"):
+                        line = line.replace(path, new + path[len(old) :], 1)
+                        changed = True
+                        break
+            lines.append(line)
+        if changed:
+            header = f"# Petra: {conf.name} with its paths redirected into /var.\n"
+            tree.write_file(root / "etc/tmpfiles.d" / conf.name, header + "\n".join(lines) + "\n")
 
 
 def _ostree_dirs(root: Path) -> None:
