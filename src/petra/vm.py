@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -41,7 +42,16 @@ POWEROFF_GRACE = 60
 # --accel auto: how long a KVM boot may take to show kernel output before TCG is used instead.
 KVM_PROBE_SECONDS = 25
 ACCEL_CACHE = Path("/var/cache/petra/accel.json")
+_PR_SET_PDEATHSIG = 1
 _KERNEL_OUTPUT = re.compile(rb"\[\s*\d+\.\d{6}\]|Linux version")
+# Boot milestones as the console shows them (seen from the host, so times are qemu-relative).
+# The first "Welcome to" is systemd in the initramfs, the second the system after switch-root.
+MILESTONES = (
+    ("kernel", re.compile(rb"Linux version")),
+    ("initramfs", re.compile(rb"Run /init as init process")),
+    ("switch-root", re.compile(rb"Welcome to .*Welcome to", re.DOTALL)),
+    ("multi-user", re.compile(rb"Reached target .{0,20}multi-user\.target")),
+)
 
 RUN_UNIT = """[Unit]
 Description=The command of petra vm run
@@ -91,6 +101,7 @@ class CommandResult:
     accel: str
     result_seconds: float  # qemu start to the command's result
     exit_seconds: float  # qemu start to qemu's exit
+    milestones: dict[str, float]  # boot milestone (MILESTONES) -> seconds after qemu start
 
 
 # --- pure parts (unit-tested) ----------------------------------------------------------------
@@ -223,9 +234,11 @@ def run_command(
             argv += ["-smbios", cred]
         reporter.step("vm", f"boot {machine.image.name} ({accel}), then: {shlex.join(command)}")
         start = time.monotonic()
+        milestones: dict[str, float] = {}
         with _qemu(argv, Path(scratch) / "qemu.log") as qemu:
             printed, code, result_at = 0, None, 0.0
             while True:
+                _note_milestones(console, milestones, time.monotonic() - start)
                 data = results.read_bytes() if results.exists() else b""
                 text, code = parse_result(data, mark)
                 if output is not None:
@@ -259,7 +272,16 @@ def run_command(
                 reporter.info(f"the VM did not power off within {POWEROFF_GRACE} s; stopped it")
         exit_at = time.monotonic() - start
         reporter.done("vm", exit_at, f"result after {result_at:.1f} s, exit {code}")
-        return CommandResult(code, text, accel, result_at, exit_at)
+        return CommandResult(code, text, accel, result_at, exit_at, milestones)
+
+
+def _note_milestones(console: Path, seen: dict[str, float], now: float) -> None:
+    if len(seen) == len(MILESTONES) or not console.exists():
+        return
+    text = console.read_bytes()
+    for name, pattern in MILESTONES:
+        if name not in seen and pattern.search(text):
+            seen[name] = now
 
 
 def interactive(machine: Machine, reporter: Reporter) -> int:
@@ -356,7 +378,7 @@ def _qemu(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                preexec_fn=_own_session_dying_with_petra,
             )
         except FileNotFoundError as e:
             raise ToolError(f"{QEMU}: command not found", "run 'make setup'") from e
@@ -371,6 +393,13 @@ def _qemu(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _own_session_dying_with_petra() -> None:
+    # Its own session (a Ctrl-C for petra is not one for qemu), and killed by the kernel if
+    # petra dies, so no VM outlives the command that started it.
+    os.setsid()
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _failure(message: str, console: Path, kept: Path | None, qemu_log: Path) -> ToolError:

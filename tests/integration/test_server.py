@@ -27,6 +27,16 @@ def test_kernel_and_initramfs_live_in_usr_lib_modules(server: Composed) -> None:
     assert ostree("--repo", server.repo, "ls", "-R", server.commit, "/boot").count("\n") == 1
     show = ostree("--repo", server.repo, "show", "--print-metadata-key=ostree.linux", server.commit)
     assert kver in show
+    top = ostree("--repo", server.repo, "ls", server.commit, "/")
+    assert "vmlinuz" not in top and "initrd.img" not in top  # the kernel postinst's links
+
+
+def test_tmpfiles_paths_that_became_links_point_into_var(server: Composed) -> None:
+    cat = lambda path: ostree("--repo", server.repo, "cat", server.commit, path)  # noqa: E731
+    provision = cat("/usr/etc/tmpfiles.d/provision.conf")  # systemd's, redirected
+    assert "d- /var/roothome :0700 root :root -" in provision
+    assert "\nd- /root" not in provision
+    assert cat("/usr/etc/machine-id") == "uninitialized\n"
 
 
 def test_initramfs_has_ostree_prepare_root(server: Composed, testfs: Path) -> None:

@@ -1,7 +1,8 @@
 """petra demo: the whole story on the built-in default spec, non-interactively.
 
 compose → deploy into a sysroot → status → enter (a write to /usr is refused) → compose a new
-version with one more package → upgrade → status → rollback → status.
+version with one more package → upgrade → status → rollback → status → build a disk image of
+the ref → boot it in qemu and print the deployments from inside.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from petra import inspect
+from petra import image, inspect, vm
 from petra import sysroot as device
 from petra.cli.device import print_status
 from petra.cli.output import human_size, reporter_for
@@ -91,6 +93,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"the default is {target.checksum[:12]} again")
     _status(sysroot)
     _enter(sysroot, f'command -v {EXTRA_PACKAGE} || echo "{EXTRA_PACKAGE}: not in this one"')
+
+    disk = workdir / "petra.img"
+    _say(f"boot it: a disk image of {result.ref} (GRUB for BIOS), booted in qemu")
+    _shell(f"petra image build --repo {repo_path} {result.ref} -o {disk} --force")
+    built = image.build(repo_path, result.ref, disk, reporter, force=True)
+    print(f"{image.human(built.size)} disk, {image.human(built.used)} used, {built.seconds:.1f} s")
+    inside = "ostree admin status; systemctl is-system-running; touch /usr/x"
+    _shell(f"petra vm run {disk} -- sh -c {shlex.quote(inside)}")
+    booted = vm.run_command(vm.Machine(disk), ["sh", "-c", inside], reporter, output=sys.stdout)
+    print(f"  (exit {booted.exit_code}; result {booted.result_seconds:.0f} s after qemu started)")
     _say(
         "done: run the same with the petra command, e.g. petra status --sysroot "
         + str(sysroot_path)
