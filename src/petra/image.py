@@ -195,9 +195,12 @@ def _make_sysroot(
         target.set_config("sysroot", "bootprefix", "true")
         remote = sysroot.remote_name(remote_url)
         target.ensure_remote(remote, remote_url)
-        ref = rev if rev in repo.refs() else None
-        pull = ["ostree", f"--repo={target.repo.path}", "pull-local", f"--remote={remote}"]
-        run([*pull, str(repo.path), ref or checksum])
+        # A commit given by checksum follows the ref whose history holds it, as deploy does.
+        ref = rev if rev in repo.refs() else sysroot.ref_holding(repo, checksum)
+        pull = ["ostree", f"--repo={target.repo.path}", "pull-local", str(repo.path), checksum]
+        run(pull)
+        if ref:
+            target.repo.set_ref(ref, checksum, remote=remote)
         r["detail"] = f"remote {remote} = {remote_url}"
     return f"{remote}:{ref}" if ref else checksum
 

@@ -178,9 +178,10 @@ class Repo:
             checksum = info.parent
         return history
 
-    def set_ref(self, ref: str, checksum: str | None) -> None:
-        """Point `ref` at `checksum` (None deletes it). ostree writes refs atomically."""
-        self._repo.set_ref_immediate(None, ref, checksum, None)
+    def set_ref(self, ref: str, checksum: str | None, remote: str | None = None) -> None:
+        """Point `ref` (of `remote`, if given) at `checksum` (None deletes it). ostree writes
+        refs atomically."""
+        self._repo.set_ref_immediate(remote, ref, checksum, None)
 
     # --- writing ---------------------------------------------------------------------------
 

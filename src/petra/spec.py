@@ -99,6 +99,7 @@ class Spec:
     services_disable: tuple[str, ...]
     files: tuple[FileEntry, ...]
     users: tuple[User, ...]
+    petra: bool = False  # install this petra (a .deb of its own source): the system manages itself
     # Where each key (and each package name) was set, for errors found after parsing.
     locations: Mapping[str, Location] = field(default_factory=dict, compare=False)
 
@@ -121,6 +122,7 @@ class Spec:
             "packages": list(self.packages),
             "exclude-packages": list(self.exclude_packages),
             "kernel": self.kernel,
+            "petra": self.petra,
             "hostname": self.hostname,
             "kernel-args": list(self.kernel_args),
             "services": {
@@ -230,6 +232,11 @@ SETTINGS: dict[str, Setting] = {
     ),
     "kernel": Setting(
         "bool", "install linux-image + a dracut initramfs with ostree's module", default=False
+    ),
+    "petra": Setting(
+        "bool",
+        "install petra itself (a .deb built from its source), so the system manages itself",
+        default=False,
     ),
     "hostname": Setting("str", "static host name", default="petra", check=_check_hostname),
     "kernel-args": Setting(
@@ -528,6 +535,7 @@ def _build(path: Path, data: dict[str, Any], locations: dict[str, Location]) -> 
         packages=tuple(sorted(set(packages))),
         exclude_packages=tuple(sorted(excluded)),
         kernel=data.get("kernel", False),
+        petra=data.get("petra", False),
         hostname=data.get("hostname", "petra"),
         kernel_args=tuple(data.get("kernel-args", [])),
         services_enable=tuple(services.get("enable", [])),

@@ -148,7 +148,7 @@ def deploy(sysroot: Sysroot, source_repo: Path, rev: str, reporter: Reporter) ->
     source = Repo.open(source_repo)
     checksum = source.resolve(rev)
     assert checksum is not None
-    ref = rev if rev in source.refs() else _ref_holding(source, checksum)
+    ref = rev if rev in source.refs() else ref_holding(source, checksum)
     url = "file://" + str(source_repo.absolute())
     remote = remote_name(url)
     with sysroot.writing():
@@ -163,7 +163,7 @@ def deploy(sysroot: Sysroot, source_repo: Path, rev: str, reporter: Reporter) ->
         return _deploy_commit(sysroot, pulled, refspec, override, reporter, start)
 
 
-def _ref_holding(repo: Repo, checksum: str) -> str | None:
+def ref_holding(repo: Repo, checksum: str) -> str | None:
     """The ref whose history holds `checksum` (so a deployed commit can still be upgraded)."""
     for ref in sorted(repo.refs()):
         if any(c.checksum == checksum for c in repo.log(ref)):

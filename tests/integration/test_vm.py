@@ -1,4 +1,6 @@
-"""The vm tier: the composed server spec as a disk image, booted in qemu (TCG), checked from inside.
+"""The vm tier: the composed server spec as a disk image, booted in qemu (TCG), checked from inside:
+a healthy first boot, then the update cycle (upgrade from a shared repo, reboot, rollback, reboot)
+with the petra the image carries.
 
 One image per session; every test boots its own copy-on-write overlay of it (qemu-img create -b),
 so no test changes what another sees. A boot under TCG costs about a minute here.
@@ -6,14 +8,16 @@ so no test changes what another sees. A boot under TCG costs about a minute here
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Composed, petra
+from tests.integration.conftest import EXAMPLES, Composed, compose, ostree, petra
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +48,16 @@ def disk(image: Path, tmp_path: Path) -> Iterator[Path]:
     overlay.unlink()
 
 
-def vm(disk: Path, *command: str, accel: str = "tcg") -> subprocess.CompletedProcess[str]:
+def vm(
+    disk: Path, *command: str, accel: str = "tcg", share: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return petra(
         "vm",
         "run",
         disk,
         "--accel",
         accel,
+        *(["--share", str(share)] if share else []),
         "--timeout",
         str(VM_TIMEOUT - 60),
         "--",
@@ -69,8 +76,9 @@ def qemus() -> list[str]:
     return out.splitlines()
 
 
-# One boot checks the booted system; what it prints is parsed by the test.
-HEALTH = r"""
+# The first boot checks the booted system, leaves state in /etc and /var, and upgrades from the
+# shared repo; what it prints is parsed by the test.
+FIRST_BOOT = r"""
 set -u
 echo "cmdline: $(cat /proc/cmdline)"
 echo "status: $(ostree admin status | grep '^\*')"
@@ -81,6 +89,8 @@ echo "failed: [$(systemctl --failed --no-legend --plain)]"
 echo "running: $(systemctl is-system-running)"
 echo "ssh: $(ss -Htln 'sport = :22' | wc -l) $(ls /etc/ssh/ssh_host_ed25519_key)"
 echo "machine-id: $(cat /etc/machine-id)"
+echo "petra: $(petra status --json | tr -d '\n ')"
+petra upgrade -q >/dev/null && echo "upgrade: $(petra status --json | tr -d '\n ')"
 """
 
 
@@ -88,8 +98,34 @@ def fields(output: str) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in output.splitlines() if ": " in line)
 
 
-def test_the_image_boots_a_healthy_read_only_system(disk: Path, server: Composed) -> None:
-    first = vm(disk, "sh", "-c", HEALTH)
+def deployments(text: str) -> list[dict[str, object]]:
+    data = json.loads(text)
+    assert isinstance(data, list)
+    return data
+
+
+def booted(text: str) -> dict[str, object]:
+    return next(d for d in deployments(text) if d["booted"])
+
+
+def next_release(server: Composed, where: Path) -> tuple[Path, str]:
+    """A repo holding the server ref at v1 and, on top, v2 = the same spec + htop: the folder
+    the VM is given, as a real update server would hold the next release."""
+    repo = where / "share"
+    ostree("--repo", repo, "init", "--mode=bare")
+    ostree("--repo", repo, "pull-local", server.repo, server.ref)
+    spec = where / "server-v2.toml"
+    spec.write_text(
+        f'include = ["{EXAMPLES / "server.toml"}"]\nversion = "2026.11.2"\npackages = ["htop"]\n'
+    )
+    v2 = compose(spec, repo, server.cache)
+    assert v2.ref == server.ref
+    return repo, v2.commit
+
+
+def test_boot_upgrade_reboot_rollback_reboot(disk: Path, server: Composed, testfs: Path) -> None:
+    share, v2 = next_release(server, Path(tempfile.mkdtemp(dir=testfs)))
+    first = vm(disk, "sh", "-c", FIRST_BOOT, share=share)
     assert first.returncode == 0, first.stderr[-3000:]
     seen = fields(first.stdout)
     assert "ostree=/ostree/boot." in seen["cmdline"] and "root=UUID=" in seen["cmdline"]
@@ -100,10 +136,37 @@ def test_the_image_boots_a_healthy_read_only_system(disk: Path, server: Composed
     assert seen["ssh"] == "1 /etc/ssh/ssh_host_ed25519_key"  # keys made on the first boot
     assert len(seen["machine-id"]) == 32 and seen["machine-id"] != "uninitialized"
     assert seen["running"] in ("running", "starting"), first.stdout
-    # The next boot of the same disk: /var and /etc kept, exit codes pass through.
-    second = vm(disk, "sh", "-c", "cat /var/lib/petra-test/marker /etc/petra-test; exit 7")
-    assert second.returncode == 7, second.stderr[-3000:]
-    assert second.stdout == "kept\nchanged\n"
+    assert booted(seen["petra"])["commit"] == server.commit  # petra runs on the booted system
+    upgraded = deployments(seen["upgrade"])
+    assert [d["commit"] for d in upgraded] == [v2, server.commit], seen["upgrade"]
+    assert upgraded[1]["booted"] and not upgraded[0]["booted"]
+
+    # Reboot: the new version runs, with the /etc change and the /var state; roll back.
+    second = vm(
+        disk,
+        "sh",
+        "-c",
+        "petra status --json | tr -d '\\n '; echo; command -v htop;"
+        " cat /var/lib/petra-test/marker /etc/petra-test; petra rollback -q; exit 7",
+    )
+    assert second.returncode == 7, second.stderr[-3000:]  # the command's own exit code
+    status, htop, marker, etc = second.stdout.splitlines()[:4]
+    assert booted(status)["commit"] == v2 and len(deployments(status)) == 2
+    assert htop == "/usr/bin/htop" and marker == "kept" and etc == "changed"
+
+    # Reboot: the old version runs again, without htop, with the same /var; both are listed.
+    third = vm(
+        disk,
+        "sh",
+        "-c",
+        "petra status --json | tr -d '\\n '; echo; command -v htop || echo no-htop;"
+        " cat /var/lib/petra-test/marker",
+    )
+    assert third.returncode == 0, third.stderr[-3000:]
+    status, htop, marker = third.stdout.splitlines()[:3]
+    assert booted(status)["commit"] == server.commit and deployments(status)[0]["booted"]
+    assert [d["commit"] for d in deployments(status)] == [server.commit, v2]
+    assert htop == "no-htop" and marker == "kept"
 
 
 def test_false_exits_1_and_auto_says_which_accelerator(disk: Path) -> None:

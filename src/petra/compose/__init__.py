@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from petra import mounts, tree
+from petra import mounts, selfdeb, tree
 from petra.archive import Archive, ArchiveFailure, Deb, newest_build_time
 from petra.compose import conventions, customize, rootfs
 from petra.compose.cache import BuildCache
@@ -68,7 +68,8 @@ def compose(
         with timed_step(reporter, "resolve", f"{len(requested)} requested") as r:
             debs = _archive_call(spec, lambda: archive.resolve(requested, spec.exclude_packages))
             r["detail"] = f"{len(debs)} packages"
-        input_digest = _input_digest(spec, debs)
+        local = [selfdeb.build(cache_dir / "self")] if spec.petra else []
+        input_digest = _input_digest(spec, debs, local)
         parent = repo.resolve(spec.ref, allow_missing=True) if repo else None
         if repo and parent and not force:
             current = repo.read_commit(parent)
@@ -96,7 +97,7 @@ def compose(
                 root = work / "tree"
                 cache_repo.checkout(raw, root)
                 with mounts.overlay(root, work / "overlay") as (merged, upper):
-                    extra_tmpfiles = customize.apply_spec(spec, merged, epoch, reporter)
+                    extra_tmpfiles = customize.apply_spec(spec, merged, epoch, reporter, local)
                 tree.apply_upper(upper, root)
             with timed_step(reporter, "conventions"):
                 result = conventions.apply(root, extra_tmpfiles, spec.kernel)
@@ -197,8 +198,10 @@ def _metadata(
     return meta
 
 
-def _input_digest(spec: Spec, debs: list[Deb]) -> str:
+def _input_digest(spec: Spec, debs: list[Deb], local: list[Path]) -> str:
     data = [CONVENTIONS, rootfs.RECIPE, spec.digest, [f"{d.name}={d.version}" for d in debs]]
+    if local:  # local .debs (petra's own): their content, not only their names
+        data.append([hashlib.sha256(p.read_bytes()).hexdigest() for p in local])
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()
 
 

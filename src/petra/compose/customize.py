@@ -7,12 +7,13 @@ it through bubblewrap), so nothing shared with the cache is written.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from petra.errors import SpecError, ToolError
 from petra.reporting import Reporter
 from petra.run import run
-from petra.sandbox import Sandbox
+from petra.sandbox import Bind, Sandbox
 from petra.spec import Spec
 
 HOSTS = """127.0.0.1\tlocalhost
@@ -26,10 +27,14 @@ AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys.d/%u
 """
 
 
-def apply_spec(spec: Spec, root: Path, epoch: int, reporter: Reporter) -> list[str]:
-    """Apply the spec to the tree at `root`; returns tmpfiles.d lines the result needs
-    (home directories under /var). Raises SpecError for a unit or group that does not exist.
+def apply_spec(
+    spec: Spec, root: Path, epoch: int, reporter: Reporter, local_debs: Sequence[Path] = ()
+) -> list[str]:
+    """Install `local_debs` (their dependencies are in the tree already), then apply the spec
+    to the tree at `root`; returns tmpfiles.d lines the result needs (home directories under
+    /var). Raises SpecError for a unit or group that does not exist, ToolError if dpkg fails.
     """
+    _install_local(root, local_debs, epoch, reporter)
     _write(root / "etc/hostname", f"{spec.hostname}\n")
     _write(root / "etc/hosts", HOSTS.format(hostname=spec.hostname))
     # mmdebstrap copies the build host's resolv.conf; a commit must not depend on the host.
@@ -51,6 +56,16 @@ def apply_spec(spec: Spec, root: Path, epoch: int, reporter: Reporter) -> list[s
     tmpfiles = _add_users(spec, root, sandbox)
     _set_services(spec, sandbox)
     return tmpfiles
+
+
+def _install_local(root: Path, debs: Sequence[Path], epoch: int, reporter: Reporter) -> None:
+    if not debs:
+        return
+    binds = tuple(Bind(deb, f"/tmp/petra-local/{deb.name}", read_only=True) for deb in debs)
+    env = {"SOURCE_DATE_EPOCH": str(epoch), "DEBIAN_FRONTEND": "noninteractive"}
+    sandbox = Sandbox(root=root, binds=binds, privileged=True, env=env)
+    argv = ["dpkg", "--force-unsafe-io", "-i", *(b.target for b in binds)]
+    run(sandbox.argv(argv), reporter=reporter, hint="the command above shows dpkg's error")
 
 
 def _add_users(spec: Spec, root: Path, sandbox: Sandbox) -> list[str]:

@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from petra import mounts, tree
+from petra import mounts, selfdeb, tree
 from petra.archive import Archive, Deb, exclude_preferences
 from petra.reporting import Reporter
 from petra.run import run
@@ -39,10 +39,11 @@ DRACUT_CONF = 'hostonly="no"\nreproducible="yes"\nadd_dracutmodules+=" ostree sy
 
 
 def requested_packages(spec: Spec) -> list[str]:
-    """The spec's packages plus what `kernel = true` brings (kernel, dracut, ostree's boot bits)."""
-    extra = []
+    """The spec's packages plus what `kernel = true` brings (kernel, dracut, ostree's boot bits)
+    and what `petra = true` needs (petra's own .deb is installed later, in the customise step)."""
+    extra = list(selfdeb.DEPENDS) if spec.petra else []
     if spec.kernel:
-        extra = [
+        extra += [
             KERNEL_PACKAGES.get(spec.architecture, f"linux-image-{spec.architecture}"),
             "dracut",
             "ostree",
