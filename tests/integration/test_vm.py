@@ -8,10 +8,16 @@ so no test changes what another sees. A boot under TCG costs about a minute here
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import select
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,6 +97,7 @@ echo "ssh: $(ss -Htln 'sport = :22' | wc -l) $(ls /etc/ssh/ssh_host_ed25519_key)
 echo "machine-id: $(cat /etc/machine-id)"
 echo "petra: $(petra status --json | tr -d '\n ')"
 petra upgrade -q >/dev/null && echo "upgrade: $(petra status --json | tr -d '\n ')"
+echo "menu: $(grep -c '^menuentry' /boot/grub/grub.cfg)"
 """
 
 
@@ -140,6 +147,7 @@ def test_boot_upgrade_reboot_rollback_reboot(disk: Path, server: Composed, testf
     upgraded = deployments(seen["upgrade"])
     assert [d["commit"] for d in upgraded] == [v2, server.commit], seen["upgrade"]
     assert upgraded[1]["booted"] and not upgraded[0]["booted"]
+    assert seen["menu"] == "2"  # GRUB's menu lists both deployments
 
     # Reboot: the new version runs, with the /etc change and the /var state; roll back.
     second = vm(
@@ -228,3 +236,33 @@ def test_a_tree_without_a_kernel_is_refused(minimal: Composed, tmp_path: Path) -
     assert result.returncode == 1
     assert "has no kernel" in result.stderr and "kernel = true" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_interactive_boot_shows_a_login_prompt_and_ctrl_a_x_stops_it(disk: Path) -> None:
+    """`vm run` without a command: the serial console on the terminal (a pseudo-terminal here)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: petra vm run on the pseudo-terminal
+        os.execv(sys.executable, [sys.executable, "-m", "petra", "vm", "run", str(disk),
+                                  "--accel", "tcg", "--quiet"])  # fmt: skip
+    seen, deadline = b"", time.monotonic() + VM_TIMEOUT
+    try:
+        while b"login:" not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 1)[0]:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:  # the child exited: the pty is closed
+                    break
+        assert b"login:" in seen, seen[-2000:].decode(errors="replace")
+        os.write(fd, b"\x01x")  # Ctrl-A X: qemu's monitor multiplexer quits
+        for _ in range(300):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        assert done == pid and os.waitstatus_to_exitcode(status) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert not qemus()
