@@ -95,7 +95,6 @@ def test_conventions_of_a_composed_tree(minimal: Composed) -> None:
     assert ostree("--repo", minimal.repo, "ls", "-R", minimal.commit, "/boot").count("\n") == 1
     cat = lambda path: ostree("--repo", minimal.repo, "cat", minimal.commit, path)  # noqa: E731
     assert cat("/usr/etc/machine-id") == "uninitialized\n"  # a first boot for systemd
-    assert "Q /var/home 0755" in cat("/usr/etc/tmpfiles.d/home.conf")
     assert cat("/usr/etc/hostname") == "petra\n"
     assert "Petra" in cat("/usr/etc/motd")
     assert cat("/usr/etc/resolv.conf") == ""

@@ -36,6 +36,7 @@ def test_tmpfiles_paths_that_became_links_point_into_var(server: Composed) -> No
     provision = cat("/usr/etc/tmpfiles.d/provision.conf")  # systemd's, redirected
     assert "d- /var/roothome :0700 root :root -" in provision
     assert "\nd- /root" not in provision
+    assert "Q /var/home 0755" in cat("/usr/etc/tmpfiles.d/home.conf")  # systemd's, redirected
     assert cat("/usr/etc/machine-id") == "uninitialized\n"
 
 
