@@ -32,6 +32,7 @@ from petra.freeze import thaw_guard
 from petra.ostree import Repo, Sysroot
 from petra.reporting import Reporter, timed_step
 from petra.run import run
+from petra.sandbox import Bind, Sandbox
 
 DEFAULT_SIZE = 4 << 30
 # Where `petra vm run --share DIR` mounts DIR in the guest: the image's remote points there, so
@@ -239,25 +240,20 @@ def _deploy_and_install_grub(
 def _in_tree(tools: Path, root: Path, command: list[str]) -> list[str]:
     """bwrap argv running `command` from a checkout of the tree, the new sysroot at /sysroot
     and its /boot at /boot, the host's devices (the loop disk) and /sys visible."""
-    return [
-        "bwrap",
-        "--ro-bind", str(tools), "/",
-        "--ro-bind", str(tools / "usr/etc"), "/etc",
-        "--bind", str(root), "/sysroot",
-        "--bind", str(root / "boot"), "/boot",
-        "--dev-bind", "/dev", "/dev",
-        "--ro-bind", "/sys", "/sys",
-        "--proc", "/proc",
-        "--tmpfs", "/run",
-        "--tmpfs", "/var",
-        "--perms", "1777", "--tmpfs", "/tmp",
-        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
-        "--die-with-parent", "--clearenv",
-        "--setenv", "PATH", "/usr/sbin:/usr/bin",
-        "--setenv", "LC_ALL", "C.UTF-8",
-        "--",
-        *command,
-    ]  # fmt: skip
+    sandbox = Sandbox(
+        root=tools,
+        binds=(
+            Bind(tools / "usr/etc", "/etc", read_only=True),
+            Bind(root, "/sysroot"),
+            Bind(root / "boot", "/boot"),
+        ),
+        privileged=True,
+        read_only_root=True,
+        host_devices=True,
+        tmpfs=("/var",),
+        env={"PATH": "/usr/sbin:/usr/bin"},
+    )
+    return sandbox.argv(command)
 
 
 @contextlib.contextmanager

@@ -22,25 +22,31 @@ class Bind:
 
 @dataclass(frozen=True)
 class Sandbox:
-    """How to run commands inside `root`. `privileged` keeps root's capabilities (for dpkg)."""
+    """How to run commands inside `root`. `privileged` keeps root's capabilities (for dpkg);
+    `host_devices` shows the host's /dev and (read-only) /sys, for tools that work on a disk."""
 
     root: Path
     binds: tuple[Bind, ...] = ()
     network: bool = False
     privileged: bool = False
+    read_only_root: bool = False
     read_only_usr: bool = False
+    host_devices: bool = False
+    tmpfs: tuple[str, ...] = ()  # more empty tmpfs mounts (besides /run and /tmp)
     env: Mapping[str, str] = field(default_factory=dict)
 
     def argv(self, command: Sequence[str], cwd: str = "/") -> list[str]:
         """The full bwrap argv that runs `command` in this sandbox."""
-        args = ["bwrap", "--bind", str(self.root), "/"]
+        args = ["bwrap", "--ro-bind" if self.read_only_root else "--bind", str(self.root), "/"]
         if self.read_only_usr:
             args += ["--ro-bind", str(self.root / "usr"), "/usr"]
+        if self.host_devices:
+            args += ["--dev-bind", "/dev", "/dev", "--ro-bind", "/sys", "/sys"]
+        else:
+            args += ["--dev", "/dev"]
         args += [
             "--proc",
             "/proc",
-            "--dev",
-            "/dev",
             "--tmpfs",
             "/run",
             "--perms",
@@ -48,6 +54,8 @@ class Sandbox:
             "--tmpfs",
             "/tmp",
         ]
+        for path in self.tmpfs:
+            args += ["--tmpfs", path]
         for bind in self.binds:
             args += ["--ro-bind" if bind.read_only else "--bind", str(bind.source), bind.target]
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]

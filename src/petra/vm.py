@@ -109,9 +109,8 @@ class CommandResult:
 
 def credential(name: str, value: str) -> str:
     """A `-smbios` argument carrying systemd credential `name` (commas doubled for qemu)."""
-    return f"type=11,value=io.systemd.credential:{name}={value}".replace(",", ",,").replace(
-        "type=11,,value", "type=11,value", 1
-    )
+    payload = f"io.systemd.credential:{name}={value}".replace(",", ",,")
+    return f"type=11,value={payload}"
 
 
 def binary_credential(name: str, data: bytes) -> str:
