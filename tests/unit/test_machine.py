@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from petra.compose.rootfs import dracut_conf
 from petra.errors import UsageError
 from petra.image import human, kernel_args, needed_size, parse_size
 from petra.vm import (
@@ -87,6 +88,19 @@ def test_qemu_has_no_network_and_a_read_only_share(tmp_path: Path) -> None:
     assert argv[argv.index("-accel") + 1] == "tcg"
     assert f"file={image},format=qcow2,if=virtio" in argv
     assert argv.count("-serial") == 2
+    assert "-nodefaults" in argv  # no floppy, CD-ROM or VGA to probe
     assert any(a.startswith(f"local,path={tmp_path},") and a.endswith("readonly=on") for a in argv)
     (tmp_path / "raw.img").write_bytes(bytes(64))
     assert image_format(tmp_path / "raw.img") == "raw"
+
+
+def test_the_initramfs_carries_only_what_a_petra_boot_needs() -> None:
+    conf = dracut_conf("amd64")
+    assert 'add_dracutmodules+=" ostree systemd "' in conf
+    omitted = conf.split('omit_dracutmodules+="')[1].split('"')[0].split()
+    assert {"hwdb", "plymouth", "network", "resume"} <= set(omitted)
+    assert not {"ostree", "systemd", "rootfs-block"} & set(omitted)
+    drivers = conf.split('drivers="')[1].split('"')[0].split()
+    assert {"virtio_blk", "ahci", "nvme", "ext4", "usb_storage"} <= set(drivers)
+    # Architectures without a tested driver list keep dracut's generic set.
+    assert "drivers=" not in dracut_conf("arm64")
