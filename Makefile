@@ -40,8 +40,9 @@ test: lint unit integration
 # Not in CI: the crash-safety kill harness with many more kills (KILLS=N, default 300); it
 # prints its seed and how many kills landed mid-write. PETRA_KILL_SEED=S replays a run.
 KILLS ?= 300
+LAYER_KILLS ?= 100
 soak: setup
-	PETRA_KILLS=$(KILLS) $(BIN)/pytest -m integration tests/integration/test_crash.py
+	PETRA_KILLS=$(KILLS) PETRA_LAYER_KILLS=$(LAYER_KILLS) $(BIN)/pytest -m integration tests/integration/test_crash.py
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

@@ -165,7 +165,7 @@ class Archive:
         proc = run(["apt-get", "install", "--print-uris", "-qq", *wanted], env=env, check=False)
         if proc.returncode != 0:
             raise self._resolution_failure(proc.stdout + proc.stderr, packages, exclude)
-        debs = [_parse_uri_line(line) for line in proc.stdout.splitlines() if line.startswith("'")]
+        debs = [parse_uri_line(line) for line in proc.stdout.splitlines() if line.startswith("'")]
         debs.sort(key=lambda d: d.name)
         bad = [d.name for d in debs if d.name in exclude]
         if bad:
@@ -212,15 +212,21 @@ class Archive:
         last = [ln for ln in out.splitlines() if ln.startswith("E:")] or ["apt-get failed"]
         return ArchiveFailure("packages", f"packages: {last[-1]}", "check the package list")
 
-    def fetch(self, debs: list[Deb], dest: Path, reporter: Reporter) -> int:
+    def fetch(
+        self, debs: list[Deb], dest: Path, reporter: Reporter, status: Path | None = None
+    ) -> int:
         """Put every deb of `debs` into `dest` (apt's file names), downloading only what the
-        store lacks. Returns the number downloaded. Raises ArchiveError if a download fails.
+        store lacks. `status`: the dpkg status of the tree they go into (so apt does not fetch
+        what it already has). Returns the number downloaded. Raises ArchiveError if a download
+        fails.
         """
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "partial").mkdir(exist_ok=True)
         self.debs.mkdir(parents=True, exist_ok=True)
         missing = []
         for deb in debs:
+            if not deb.sha256:
+                raise ArchiveError(f"no SHA256 for {deb.filename} in the index", "rerun")
             stored = self.debs / f"{deb.sha256}.deb"
             if stored.exists():
                 _link_or_copy(stored, dest / deb.filename)
@@ -237,6 +243,7 @@ class Archive:
                     "--download-only",
                     "-q",
                     f"-oDir::Cache::Archives={dest}",
+                    *([f"-oDir::State::status={status}"] if status else []),
                     *names,
                 ],
                 env=env,
@@ -277,7 +284,8 @@ def newest_build_time(paths: list[Path]) -> int:
     return newest
 
 
-def _parse_uri_line(line: str) -> Deb:
+def parse_uri_line(line: str) -> Deb:
+    """A Deb from one line of `apt-get install --print-uris`."""
     # 'http://…/pool/main/a/apt/apt_2.9_amd64.deb' apt_2.9_amd64.deb 1234 SHA256:abc…
     parts = line.split()
     filename, size, digest = parts[1], int(parts[2]), parts[3]

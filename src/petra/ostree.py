@@ -25,6 +25,8 @@ from petra.freeze import thaw_guard  # noqa: E402
 from petra.run import run  # noqa: E402
 
 MetadataValue = str | bool | int | list[str] | list[tuple[str, str]]
+# Origin file groups petra writes besides libostree's [origin] (the names rpm-ostree uses).
+ORIGIN_GROUPS = ("packages", "overrides")
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,9 @@ class Deployment:
     path: Path
     kernel_args: str
     handle: Any = field(compare=False, repr=False)
+    # What the origin file records besides the refspec: "group.key" -> its list of strings
+    # (petra keeps a deployment's layered packages and overrides there).
+    origin: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
 
 class Sysroot:
@@ -365,6 +370,7 @@ class Sysroot:
         result = []
         for index, dep in enumerate(self._sysroot.get_deployments()):
             refspec = _keyfile_get(dep.get_origin(), "origin", "refspec")
+            origin = _keyfile_lists(dep.get_origin(), ORIGIN_GROUPS)
             bootconfig = dep.get_bootconfig()
             rel = self._sysroot.get_deployment_dirpath(dep)
             result.append(
@@ -378,6 +384,7 @@ class Sysroot:
                     path=self.path / rel,
                     kernel_args=(bootconfig.get("options") if bootconfig else None) or "",
                     handle=dep,
+                    origin=origin,
                 )
             )
         return result
@@ -459,12 +466,19 @@ class Sysroot:
         refspec: str,
         override_commit: str | None,
         kernel_args: list[str] | None,
+        origin_extra: dict[str, tuple[str, ...]] | None = None,
     ) -> Any:
         """Check out `checksum` as a new (not yet listed) deployment, /etc merged from the
-        current default. Returns libostree's deployment handle for `write_deployments`."""
+        current default. `origin_extra` ("group.key" -> strings, groups from ORIGIN_GROUPS)
+        goes into its origin file. Returns libostree's handle for `write_deployments`."""
         origin = self._sysroot.origin_new_from_refspec(refspec)
         if override_commit:
             origin.set_string("origin", "override-commit", override_commit)
+        for name, values in sorted((origin_extra or {}).items()):
+            group, _, key = name.partition(".")
+            assert group in ORIGIN_GROUPS, name
+            if values:
+                origin.set_string_list(group, key, list(values))
         merge = self._sysroot.get_merge_deployment(osname)
         try:
             _, new = self._sysroot.deploy_tree(osname, checksum, origin, merge, kernel_args, None)
@@ -499,6 +513,19 @@ class Sysroot:
             self._sysroot.cleanup(None)
         except GLib.Error as e:
             raise RepoError(f"cleaning the sysroot failed: {e.message}", "") from e
+
+
+def _keyfile_lists(keyfile: Any, groups: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    values: dict[str, tuple[str, ...]] = {}
+    if keyfile is None:
+        return values
+    for group in groups:
+        if not keyfile.has_group(group):
+            continue
+        keys, _ = keyfile.get_keys(group)
+        for key in keys:
+            values[f"{group}.{key}"] = tuple(keyfile.get_string_list(group, key))
+    return values
 
 
 def _keyfile_get(keyfile: Any, section: str, key: str) -> str | None:

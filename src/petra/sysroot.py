@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from petra import inspect
-from petra.errors import RepoError, UsageError
+from petra import inspect, layering
+from petra.compose.cache import default_cache_dir
+from petra.errors import PetraError, RepoError, UsageError
+from petra.layering import Layers
 from petra.ostree import CommitInfo, Deployment, Repo, Sysroot
 from petra.reporting import Reporter
 from petra.sandbox import Bind, Sandbox
@@ -178,6 +180,7 @@ def _deploy_commit(
     override: str | None,
     reporter: Reporter,
     start: float,
+    layers: Layers | None = None,
 ) -> DeployResult:
     osname = osname_of(sysroot)
     current = sysroot.deployments()
@@ -186,7 +189,8 @@ def _deploy_commit(
     # the current default's (libostree copies them from the merge deployment).
     kargs = None if current else [str(a) for a in info.metadata.get("petra.kernel-args", [])]
     reporter.step("deploy", f"{info.version or checksum[:12]} into {osname}")
-    new = sysroot.deploy_tree(osname, checksum, refspec, override, kargs)
+    extra = layers.origin() if layers is not None and not layers.empty else None
+    new = sysroot.deploy_tree(osname, checksum, refspec, override, kargs, extra)
     planned = keep_list([_placeholder(new, osname), *current], osname, keep_of(sysroot))
     sysroot.write_deployments([new] + [d.handle for d in planned[1:]])
     return DeployResult(
@@ -240,31 +244,92 @@ def upgrade_check(sysroot: Sysroot) -> UpdateCheck:
     with sysroot.writing(tidy=False):
         default, _, checksum = check_update(sysroot, commit_only=True)
     current = sysroot.repo.read_commit(default.checksum)
-    if checksum == default.checksum:
+    if checksum == layering.base_of(current):
         return UpdateCheck(current, None, [])
     new = sysroot.repo.read_commit(checksum)
     return UpdateCheck(current, new, inspect.package_changes(current, new))
 
 
 def upgrade(
-    sysroot: Sysroot, reporter: Reporter, download_only: bool = False
+    sysroot: Sysroot, reporter: Reporter, download_only: bool = False, cache: Path | None = None
 ) -> DeployResult | None:
-    """Pull the newest commit of the tracked ref and deploy it as the new default.
+    """Pull the newest commit of the tracked ref and deploy it as the new default, with the
+    default's layered packages and overrides applied again (apt, packages cached in `cache`).
 
     Returns None when there is nothing new (nothing is written). With download_only, the
     commit is pulled and kept (under the remote ref) but not deployed (`removed` is 0). Raises
-    RepoError when the source is gone; the deployment list is then unchanged.
+    RepoError when the source is gone, UsageError/ToolError when a layered package no longer
+    installs on the new base; the deployment list is then unchanged.
     """
     start = time.monotonic()
     with sysroot.writing():
         reporter.step("pull", "newest commit of the tracked ref")
         default, refspec, checksum = check_update(sysroot, commit_only=False)
-        if checksum == default.checksum:
+        if checksum == layering.base_of(sysroot.repo.read_commit(default.checksum)):
             return None
+        new = sysroot.repo.read_commit(checksum)
         if download_only:
-            version = sysroot.repo.read_commit(checksum).version
-            return DeployResult(checksum, version, 0, time.monotonic() - start)
-        return _deploy_commit(sysroot, checksum, refspec, None, reporter, start)
+            return DeployResult(checksum, new.version, 0, time.monotonic() - start)
+        layers = Layers.of(default)
+        if layers.empty:
+            return _deploy_commit(sysroot, checksum, refspec, None, reporter, start)
+        built = _build(sysroot, new, layers, cache, reporter, f"on {new.version or checksum}")
+        return _deploy_commit(sysroot, built, refspec, None, reporter, start, layers)
+
+
+LayerChange = Callable[[Layers, dict[str, str]], Layers]
+
+
+def change_layers(
+    sysroot: Sysroot, change: LayerChange, reporter: Reporter, cache: Path | None = None
+) -> DeployResult:
+    """Deploy, as the new default, the default's base with the layers `change` makes of the
+    default's (given the base's packages): install, uninstall, override remove/reset.
+
+    The running and the default deployment are untouched. Raises UsageError for a request
+    that makes no sense (before any work), UsageError/ToolError/ArchiveError naming apt's
+    complaint; the deployment list is unchanged on any failure.
+    """
+    start = time.monotonic()
+    with sysroot.writing():
+        current = sysroot.deployments()
+        if not current:
+            raise RepoError(
+                f"{sysroot.path} has no deployment", "deploy one with: petra deploy --repo R REF"
+            )
+        default = current[0]
+        base_checksum = layering.base_of(sysroot.repo.read_commit(default.checksum))
+        if not sysroot.repo.has_commit(base_checksum):
+            raise RepoError(
+                f"the base commit {base_checksum[:12]} of deployment 0 is gone",
+                "upgrade or deploy a base first: petra upgrade",
+            )
+        base = sysroot.repo.read_commit(base_checksum)
+        layers = change(Layers.of(default), inspect.packages(base))
+        refspec = default.refspec or base_checksum
+        if layers.empty:
+            return _deploy_commit(sysroot, base_checksum, refspec, None, reporter, start)
+        built = _build(sysroot, base, layers, cache, reporter, "")
+        return _deploy_commit(sysroot, built, refspec, None, reporter, start, layers)
+
+
+def _build(
+    sysroot: Sysroot,
+    base: CommitInfo,
+    layers: Layers,
+    cache: Path | None,
+    reporter: Reporter,
+    where: str,
+) -> str:
+    try:
+        built = layering.build(
+            sysroot, osname_of(sysroot), base, layers, cache or default_cache_dir(), reporter
+        )
+    except PetraError as e:
+        if where:
+            e.message = f"the layered packages do not install {where}: {e.message}"
+        raise
+    return built.checksum
 
 
 def rollback(sysroot: Sysroot) -> Deployment:

@@ -1,7 +1,8 @@
 """Crash-safe deployments: deploy, upgrade, rollback and cleanup SIGKILLed at random moments
 leave the old system or the new one, complete, usable, and never a frozen file system.
 
-$PETRA_KILLS sets the number of kills (`make test`: 32; `make soak`: 300 by default) and
+$PETRA_KILLS sets the number of kills of deploy/upgrade/rollback/cleanup (`make test`: 32;
+`make soak`: 300 by default), $PETRA_LAYER_KILLS those of install/uninstall (15; 100), and
 $PETRA_KILL_SEED replays a run; the seed and the counts are printed at the end of the run.
 """
 
@@ -13,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import KILL_REPORT, Releases, ostree, petra
-from tests.integration.killing import Expected, KillHarness, fingerprint
-from tests.integration.sysroots import Source
+from tests.integration.killing import NEW, Expected, KillHarness, fingerprint
+from tests.integration.sysroots import Source, status
 
 pytestmark = pytest.mark.integration
 
 KILLS = int(os.environ.get("PETRA_KILLS", "32"))
+LAYER_KILLS = int(os.environ.get("PETRA_LAYER_KILLS", "15"))
 KEEP = 2
 
 
@@ -77,3 +79,34 @@ def test_sigkill_at_random_moments_leaves_the_old_or_the_new_system(
         KILL_REPORT.append(f"  {harness.summary()}")
     landed = sum(k.landed for k in harness.kills)
     assert landed >= KILLS // 2, f"only {landed} of {KILLS} kills landed while a command ran"
+
+
+def test_sigkill_during_install_and_uninstall_leaves_the_old_or_the_new_system(
+    releases: Releases, testfs: Path, kill_seed: int
+) -> None:
+    """Layering builds a commit (apt in an overlay, commit) and then deploys it: a kill at any
+    moment leaves the list as it was or with the new layered deployment, complete."""
+    source = Source(releases, "layer-kills")
+    sysroot = testfs / "sysroots" / "layer-kills"
+    cache = os.environ.get("PETRA_TEST_CACHE", "/var/tmp/petra-test-cache")
+    harness = KillHarness(testfs, sysroot, kill_seed + 1)
+    petra("init", "--sysroot", sysroot, "--keep", str(KEEP))
+    petra("deploy", "--sysroot", sysroot, "--repo", source.repo, source.ref)
+    install: tuple[str | Path, ...] = ("install", "htop", "--cache", cache)
+    harness.calibrate(*install)
+    harness.calibrate("uninstall", "htop")
+    try:
+        for _ in range(LAYER_KILLS):
+            before = harness.listed()
+            layered = "htop" in status(sysroot)[0]["layered"]
+            argv = ("uninstall", "htop") if layered else install
+            harness.kill(argv, before, [NEW, before[0]], rerun=False)
+    finally:
+        KILL_REPORT.append(f"  layering: {harness.summary()}")
+    landed = sum(k.landed for k in harness.kills)
+    assert landed >= LAYER_KILLS // 2, f"only {landed} of {LAYER_KILLS} kills landed"
+    # Whatever the kills left, the next command works and leaves no work directory behind.
+    layered = "htop" in status(sysroot)[0]["layered"]
+    petra(*(("uninstall", "htop") if layered else install), "--sysroot", sysroot)
+    assert not list((sysroot / "ostree/repo/tmp").glob("petra-layer-*"))
+    assert "no errors found" in ostree("--repo", sysroot / "ostree/repo", "fsck")

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from petra import inspect
+from petra import sysroot as device
 from petra.cli.output import date, human_size, print_json, reporter_for
 from petra.compose import compose
 from petra.compose.cache import default_cache_dir
-from petra.ostree import Repo
+from petra.errors import UsageError
+from petra.ostree import Repo, Sysroot
 from petra.spec import load_spec
 
 
@@ -41,9 +43,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("diff", parents=[common], help="packages and files between two commits")
-    p.add_argument("--repo", type=Path, required=True)
-    p.add_argument("old", metavar="OLD")
-    p.add_argument("new", metavar="NEW")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--repo", type=Path, help="OLD and NEW are refs or commits of this repo")
+    where.add_argument(
+        "--sysroot",
+        type=Path,
+        help="OLD and NEW are deployment indices (default: the rollback and the default)",
+    )
+    p.add_argument("old", metavar="OLD", nargs="?")
+    p.add_argument("new", metavar="NEW", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diff)
 
@@ -132,8 +140,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    repo = Repo.open(args.repo)
-    data = inspect.diff(repo, args.old, args.new)
+    if args.sysroot:
+        sysroot = Sysroot.open(args.sysroot)
+        old, new = _deployments_to_compare(sysroot, args.old, args.new)
+        data = inspect.diff(sysroot.repo, old, new)
+    else:
+        if not args.old or not args.new:
+            raise UsageError("diff --repo needs OLD and NEW", "give two refs or commits")
+        data = inspect.diff(Repo.open(args.repo), args.old, args.new)
     if args.json:
         print_json(data)
         return 0
@@ -160,3 +174,19 @@ def cmd_diff(args: argparse.Namespace) -> int:
         if len(paths) > 10:
             print(f"  {sign} … and {len(paths) - 10} more")
     return 0
+
+
+def _deployments_to_compare(sysroot: Sysroot, old: str | None, new: str | None) -> tuple[str, str]:
+    """The commits of deployments OLD and NEW (indices); by default the rollback deployment and
+    the default one. UsageError for an index that is not a listed deployment."""
+    for given in (old, new):
+        if given is not None and not given.isdigit():
+            raise UsageError(f"'{given}' is not a deployment index", "see: petra status")
+    if old is None:
+        target = device.rollback_target(sysroot.deployments())
+        if target is None:
+            raise UsageError("there is no rollback deployment to compare with", "see: petra status")
+        old = str(target.index)
+    first = device.pick(sysroot, int(old))
+    second = device.pick(sysroot, int(new) if new is not None else 0)
+    return first.checksum, second.checksum

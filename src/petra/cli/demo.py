@@ -1,8 +1,9 @@
 """petra demo: the whole story on the built-in default spec, non-interactively.
 
 compose → deploy into a sysroot → status → enter (a write to /usr is refused) → compose a new
-version with one more package → upgrade → status → rollback → status → build a disk image of
-the ref → boot it in qemu and run `petra status` inside.
+version with one more package → upgrade → status → rollback → status → layer the package onto
+the rolled-back default → status → build a disk image of the ref → boot it in qemu and run
+`petra status` inside.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from petra import image, inspect, vm
+from petra import image, inspect, layering, vm
 from petra import sysroot as device
 from petra.cli.device import print_status
 from petra.cli.output import human_size, reporter_for
@@ -93,6 +94,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"the default is {target.checksum[:12]} again")
     _status(sysroot)
     _enter(sysroot, f'command -v {EXTRA_PACKAGE} || echo "{EXTRA_PACKAGE}: not in this one"')
+
+    _say(f"layer {EXTRA_PACKAGE} onto it with apt: a new deployment, the running one untouched")
+    _shell(f"petra install --sysroot {sysroot.path} {EXTRA_PACKAGE}")
+    layered = device.change_layers(
+        sysroot, lambda layers, base: layering.add(layers, [EXTRA_PACKAGE], base), reporter, cache
+    )
+    print(f"layered in {layered.seconds:.1f} s")
+    _status(sysroot)
+    _enter(sysroot, f"command -v {EXTRA_PACKAGE}")
 
     disk = workdir / "petra.img"
     _say(f"boot it: a disk image of {result.ref} (GRUB for BIOS), booted in qemu")

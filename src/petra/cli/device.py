@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from petra import layering
 from petra import sysroot as device
 from petra.cli.output import date, print_json, reporter_for
 from petra.errors import UsageError
+from petra.layering import Layers
 from petra.ostree import Sysroot
 
 
@@ -40,12 +42,40 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("upgrade", parents=[common, where], help="deploy the newest commit")
+    p.add_argument("--cache", type=Path, default=None, help="package cache for layered packages")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--check", action="store_true", help="only say what would change (exit 77: nothing new)"
     )
     mode.add_argument("--download-only", action="store_true", help="pull, do not deploy")
     p.set_defaults(func=cmd_upgrade)
+
+    cache = argparse.ArgumentParser(add_help=False)
+    cache.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="package cache (default: $PETRA_CACHE or ~/.cache/petra)",
+    )
+
+    p = sub.add_parser(
+        "install", parents=[common, where, cache], help="layer packages: a new deployment"
+    )
+    p.add_argument("packages", nargs="+", metavar="PKG|./FILE.deb")
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser(
+        "uninstall", parents=[common, where, cache], help="drop layered packages: a new deployment"
+    )
+    p.add_argument("packages", nargs="+", metavar="PKG")
+    p.set_defaults(func=cmd_uninstall)
+
+    p = sub.add_parser("override", help="remove base packages, or undo that: a new deployment")
+    actions = p.add_subparsers(dest="action", metavar="remove|reset", required=True)
+    for action, text in (("remove", "remove base packages"), ("reset", "undo their removal")):
+        a = actions.add_parser(action, parents=[common, where, cache], help=text)
+        a.add_argument("packages", nargs="+", metavar="PKG")
+        a.set_defaults(func=cmd_override)
 
     p = sub.add_parser("rollback", parents=[common, where], help="make the previous the default")
     p.set_defaults(func=cmd_rollback)
@@ -82,6 +112,7 @@ def status_data(sysroot: Sysroot) -> list[dict[str, Any]]:
     data = []
     for dep in deployments:
         source = device.source_of(sysroot, dep)
+        layers = Layers.of(dep)
         info = (
             sysroot.repo.read_commit(dep.checksum)
             if sysroot.repo.has_commit(dep.checksum)
@@ -101,6 +132,9 @@ def status_data(sysroot: Sysroot) -> list[dict[str, Any]]:
                 "timestamp": info.timestamp if info else None,
                 "origin": dep.refspec,
                 "source": source.url.removeprefix("file://") if source.url else None,
+                "base": layering.base_of(info) if info else None,
+                "layered": [*layers.packages, *layers.local_names],
+                "removed": list(layers.removed),
                 "kernel-args": " ".join(
                     a for a in dep.kernel_args.split() if not a.startswith("ostree=")
                 ),
@@ -134,6 +168,10 @@ def print_status(sysroot: Sysroot) -> None:
             print(f"     source  {d['source']}")
         if d["timestamp"] is not None:
             print(f"     date    {date(d['timestamp'])}")
+        if d["layered"]:
+            print(f"     layered {' '.join(d['layered'])}")
+        if d["removed"]:
+            print(f"     removed {' '.join(d['removed'])}")
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -155,7 +193,9 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         if len(check.changes) > 20:
             print(f"    … and {len(check.changes) - 20} more")
         return 0
-    result = device.upgrade(sysroot, reporter_for(args), download_only=args.download_only)
+    result = device.upgrade(
+        sysroot, reporter_for(args), download_only=args.download_only, cache=args.cache
+    )
     if result is None:
         print("no update: the default deployment is the newest commit")
         return 0
@@ -166,6 +206,52 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if result.removed:
         print(f"removed {result.removed} old deployment(s)")
     return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    sysroot = Sysroot.open(args.sysroot)
+    osname = device.osname_of(sysroot)
+    files = [p for p in args.packages if p.endswith(".deb") or "/" in p]
+    names = [p for p in args.packages if p not in files]
+    local = [layering.keep_local_deb(sysroot, osname, Path(f)) for f in files]
+
+    def change(layers: Layers, base: dict[str, str]) -> Layers:
+        return layering.add_local(layering.add(layers, names, base), local)
+
+    result = device.change_layers(sysroot, change, reporter_for(args), args.cache)
+    _say_layered(result, "installed " + " ".join(args.packages))
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    sysroot = Sysroot.open(args.sysroot)
+    result = device.change_layers(
+        sysroot, lambda layers, _: layering.remove(layers, args.packages), reporter_for(args)
+    )
+    _say_layered(result, "uninstalled " + " ".join(args.packages))
+    return 0
+
+
+def cmd_override(args: argparse.Namespace) -> int:
+    sysroot = Sysroot.open(args.sysroot)
+
+    def change(layers: Layers, base: dict[str, str]) -> Layers:
+        if args.action == "remove":
+            return layering.override_remove(layers, args.packages, base)
+        return layering.override_reset(layers, args.packages)
+
+    result = device.change_layers(sysroot, change, reporter_for(args), args.cache)
+    verb = "removed from the base" if args.action == "remove" else "restored from the base"
+    _say_layered(result, f"{verb}: " + " ".join(args.packages))
+    return 0
+
+
+def _say_layered(result: device.DeployResult, what: str) -> None:
+    print(f"{what}; new default deployment {result.version or '-'} ({result.checksum})")
+    print("the running system is unchanged; reboot into the new deployment to use it")
+    if result.removed:
+        print(f"removed {result.removed} old deployment(s)")
+    print(f"took {result.seconds:.1f} s")
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

@@ -75,7 +75,7 @@ def apply(root: Path, extra_tmpfiles: list[str], kernel: bool) -> ConventionResu
         _clear(root / "boot")
     tmpfiles = _move_state(root)
     tmpfiles += _link_toplevel(root)
-    tmpfiles += _var_to_tmpfiles(root)
+    tmpfiles += var_tmpfiles(root, root / "etc")
     _clear(root / "var")
     tmpfiles += list(APT_RUNTIME_DIRS)
     tmpfiles += extra_tmpfiles
@@ -165,10 +165,11 @@ def _sort_stanzas(path: Path) -> None:
     tree.write_file(path, "\n\n".join(sorted(stanzas)) + "\n\n" if stanzas else "")
 
 
-def _var_to_tmpfiles(root: Path) -> list[str]:
-    """A `d` line for every directory and an `L` line for every symlink left in /var."""
-    users = _names(root / "etc/passwd")
-    groups = _names(root / "etc/group")
+def var_tmpfiles(root: Path, etc: Path) -> list[str]:
+    """A `d` line for every directory and an `L` line for every symlink in `root`/var (owners
+    named from the passwd and group files in `etc`)."""
+    users = _names(etc / "passwd")
+    groups = _names(etc / "group")
     lines = []
     var = root / "var"
     for dirpath, dirnames, filenames in os.walk(var):

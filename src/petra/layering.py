@@ -1,0 +1,503 @@
+"""Package layering: a deployment that is a base commit plus packages, built by real apt/dpkg.
+
+What the user asked for (`Layers`: packages from the archive, local .debs, base packages
+removed) lives in the deployment's origin file, so `upgrade` builds it again on the new base.
+A layered tree is built from a hardlink checkout of the base: apt runs in bubblewrap over a
+writable overlay of it (no network; only the host-side download step reaches the archive),
+the overlay's changes are replayed onto the checkout, and the result is committed to the
+sysroot's repo with the devino cache, so only the new files are hashed. The repo's objects and
+the existing deployments are never written; on any failure the work directory is removed and
+the deployment list is untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from petra import mounts, tree
+from petra.archive import Archive, ArchiveFailure, Deb, parse_uri_line
+from petra.compose import conventions
+from petra.compose.rootfs import installed_packages
+from petra.errors import ArchiveError, ToolError, UsageError
+from petra.ostree import CommitInfo, Deployment, MetadataValue, Repo, Sysroot
+from petra.reporting import Reporter
+from petra.run import run
+from petra.sandbox import Bind, Sandbox
+
+# Origin keys (rpm-ostree's names): packages from the archive, local .debs, removed base packages.
+REQUESTED = "packages.requested"
+REQUESTED_LOCAL = "packages.requested-local"
+REMOVED = "overrides.remove"
+LAYER_TMPFILES = "usr/lib/tmpfiles.d/petra-layer.conf"
+# What apt and dpkg leave beside the databases (compose's conventions drop the same).
+_STATE_JUNK = (
+    "dpkg/lock",
+    "dpkg/lock-frontend",
+    "dpkg/triggers/Lock",
+    "dpkg/status-old",
+    "dpkg/available-old",
+    "dpkg/diversions-old",
+    "dpkg/statoverride-old",
+    "debconf/config.dat-old",
+    "debconf/templates.dat-old",
+    "debconf/passwords.dat-old",
+    "debconf/tmp.ci",
+    "ucf/hashfile.0",
+    "ucf/registry.0",
+)
+_DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+
+
+@dataclass(frozen=True)
+class Layers:
+    """What a deployment adds to or removes from its base; all sorted, no duplicates."""
+
+    packages: tuple[str, ...] = ()
+    local: tuple[str, ...] = ()  # "sha256:package" of local .debs kept in the stateroot
+    removed: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, dep: Deployment) -> Layers:
+        return cls(
+            tuple(sorted(dep.origin.get(REQUESTED, ()))),
+            tuple(sorted(dep.origin.get(REQUESTED_LOCAL, ()))),
+            tuple(sorted(dep.origin.get(REMOVED, ()))),
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.packages or self.local or self.removed)
+
+    @property
+    def local_names(self) -> tuple[str, ...]:
+        return tuple(entry.partition(":")[2] for entry in self.local)
+
+    def origin(self) -> dict[str, tuple[str, ...]]:
+        return {REQUESTED: self.packages, REQUESTED_LOCAL: self.local, REMOVED: self.removed}
+
+
+# --- pure decisions (unit-tested) -----------------------------------------------------------
+
+
+def add(layers: Layers, names: Sequence[str], base: dict[str, str]) -> Layers:
+    """`layers` plus packages `names`. UsageError for a bad name, one already layered, or one
+    the base already has (nothing would change)."""
+    for name in names:
+        check_name(name)
+        if name in layers.packages or name in layers.local_names:
+            raise UsageError(f"{name} is already layered", "see: petra status")
+        if name in base and name not in layers.removed:
+            raise UsageError(f"{name} is already in the base ({base[name]})", "nothing to install")
+    return replace(layers, packages=tuple(sorted({*layers.packages, *names})))
+
+
+def add_local(layers: Layers, entries: Sequence[str]) -> Layers:
+    """`layers` plus local .debs given as "sha256:package"; a package already layered from the
+    archive or as another local .deb is replaced by this one."""
+    names = {e.partition(":")[2] for e in entries}
+    kept = [e for e in layers.local if e.partition(":")[2] not in names]
+    packages = tuple(p for p in layers.packages if p not in names)
+    return replace(layers, packages=packages, local=tuple(sorted({*kept, *entries})))
+
+
+def remove(layers: Layers, names: Sequence[str]) -> Layers:
+    """`layers` without the layered packages `names`. UsageError for one that is not layered."""
+    for name in names:
+        if name not in layers.packages and name not in layers.local_names:
+            layered = ", ".join([*layers.packages, *layers.local_names]) or "none"
+            raise UsageError(f"{name} is not a layered package", f"layered: {layered}")
+    gone = set(names)
+    return replace(
+        layers,
+        packages=tuple(p for p in layers.packages if p not in gone),
+        local=tuple(e for e in layers.local if e.partition(":")[2] not in gone),
+    )
+
+
+def override_remove(layers: Layers, names: Sequence[str], base: dict[str, str]) -> Layers:
+    """`layers` with base packages `names` removed. UsageError if the base lacks one or it is
+    removed already."""
+    for name in names:
+        check_name(name)
+        if name not in base:
+            raise UsageError(f"the base has no package {name}", "see: petra status")
+        if name in layers.removed:
+            raise UsageError(f"{name} is already removed", "undo with: petra override reset")
+    return replace(layers, removed=tuple(sorted({*layers.removed, *names})))
+
+
+def override_reset(layers: Layers, names: Sequence[str]) -> Layers:
+    """`layers` with the removals of `names` undone. UsageError for one that is not removed."""
+    for name in names:
+        if name not in layers.removed:
+            removed = ", ".join(layers.removed) or "none"
+            raise UsageError(f"{name} is not removed from the base", f"removed: {removed}")
+    return replace(layers, removed=tuple(p for p in layers.removed if p not in names))
+
+
+def check_name(name: str) -> None:
+    """UsageError unless `name` is a valid Debian package name."""
+    if not _DEB_NAME.match(name):
+        raise UsageError(f"'{name}' is not a package name", "Debian names: a-z, 0-9, + - .")
+
+
+def summarise_apt(output: str) -> str:
+    """apt's most telling line: dpkg's reason for a failed package, else the first broken
+    dependency apt lists, else its first error (without the 'E: ')."""
+    lines = [ln.strip() for ln in output.splitlines()]
+    for i, line in enumerate(lines[:-1]):
+        # dpkg: error processing package foo (--configure):
+        #  installed foo package post-installation script subprocess returned error exit status 1
+        if line.startswith("dpkg: error processing package"):
+            return f"{line.removeprefix('dpkg: ').rstrip(':')}: {lines[i + 1]}"
+    broken = [
+        ln
+        for ln in lines
+        if " : " in ln and ("Depends:" in ln or "Conflicts:" in ln or "Breaks:" in ln)
+    ]
+    if broken:
+        return " ".join(broken[0].split())
+    errors = [ln[3:] for ln in lines if ln.startswith("E: ")]
+    if errors:
+        return errors[0]
+    return lines[-1] if lines else "apt failed"
+
+
+def new_tmpfiles(base_lines: Sequence[str], lines: Sequence[str]) -> list[str]:
+    """The tmpfiles.d lines in `lines` for paths the base's lines do not create."""
+    known = {ln.split()[1] for ln in base_lines if len(ln.split()) > 1}
+    return [ln for ln in lines if ln.split()[1] not in known]
+
+
+# --- building a layered commit ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Built:
+    checksum: str
+    packages: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def local_store(sysroot: Sysroot, osname: str) -> Path:
+    """Where local .debs are kept for rebuilds: the stateroot's /var/lib/petra/debs."""
+    return sysroot.stateroot_var(osname) / "lib/petra/debs"
+
+
+def keep_local_deb(sysroot: Sysroot, osname: str, path: Path) -> str:
+    """Copy a local .deb into the stateroot's store; returns its "sha256:package" entry.
+
+    Raises UsageError if it is missing or not a Debian package."""
+    if not path.is_file():
+        raise UsageError(f"no file {path}", "give the path of a .deb")
+    proc = run(["dpkg-deb", "--field", str(path), "Package"], check=False)
+    name = proc.stdout.strip()
+    if proc.returncode != 0 or not name:
+        raise UsageError(f"{path} is not a Debian package", "give a .deb built by dpkg-deb")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    store = local_store(sysroot, osname)
+    store.mkdir(parents=True, exist_ok=True)
+    dest = store / f"{digest}.deb"
+    if not dest.exists():
+        tmp = store / f".{digest}.tmp"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+    return f"{digest}:{name}"
+
+
+def build(
+    sysroot: Sysroot,
+    osname: str,
+    base: CommitInfo,
+    layers: Layers,
+    cache: Path,
+    reporter: Reporter,
+) -> Built:
+    """Commit base + `layers` to the sysroot's repo (not under any ref); returns the commit.
+
+    Raises UsageError/ToolError/ArchiveError naming apt's complaint (unknown package, conflict,
+    a failing maintainer script, the archive unreachable with a package not cached). Nothing
+    but unreferenced objects is left behind on failure.
+    """
+    mounts.private_mount_namespace()
+    # Opened again after the unshare: a hardlink between a descriptor from before it and a path
+    # resolved after it crosses two mounts (EXDEV), and the checkout would silently be a copy.
+    repo = Repo.open(sysroot.repo.path)
+    timings: dict[str, float] = {}
+    meta = base.metadata
+    archive = Archive(
+        str(meta.get("petra.mirror") or "http://deb.debian.org/debian"),
+        str(meta.get("petra.suite") or "trixie"),
+        str(meta.get("petra.architecture") or "amd64"),
+        cache,
+    )
+    with _workdir(repo) as work:
+        start = time.monotonic()
+        reporter.step("prepare", f"checkout of {base.version or base.checksum[:12]}")
+        checkout = work / "tree"
+        repo.checkout(base.checksum, checkout)
+        archives = work / "archives"
+        (archives / "partial").mkdir(parents=True)
+        _indices(archive, reporter)
+        timings["prepare"] = time.monotonic() - start
+        with mounts.overlay(checkout, work / "overlay") as (merged, upper):
+            start = time.monotonic()
+            base_lines = _prepare_var(merged)
+            sandbox = _sandbox(merged, archive, archives, local_store(sysroot, osname))
+            if layers.removed:
+                _remove(sandbox, archive.sources_line, layers.removed, reporter)
+            wanted = [*layers.packages, *(f"/run/petra/debs/{e[:64]}.deb" for e in layers.local)]
+            names = " ".join([*layers.packages, *layers.local_names])
+            if wanted:
+                debs = _resolve(sandbox, archive.sources_line, wanted, names)
+                try:
+                    archive.fetch(
+                        debs, archives, reporter, merged / conventions.SYSIMAGE / "dpkg/status"
+                    )
+                except ArchiveError as e:
+                    names = ", ".join(d.name for d in debs)
+                    raise ArchiveError(
+                        f"cannot download {names}: {archive.mirror} is unreachable and they "
+                        "are not in the package cache",
+                        "check the network, or layer them again when the archive is reachable",
+                    ) from e
+                _install(sandbox, archive.sources_line, wanted, names, reporter)
+            timings["apt"] = time.monotonic() - start
+            start = time.monotonic()
+            _finish(merged, base_lines)
+        tree.apply_upper(upper, checkout)
+        _clean_upper_leftovers(checkout)
+        packages = installed_packages(checkout, f"{conventions.SYSIMAGE}/dpkg")
+        reporter.step("commit", f"{len(packages)} packages")
+        checksum = repo.commit_dir(
+            checkout,
+            subject=f"{base.version or base.checksum[:12]} + {_describe(layers)}",
+            metadata=_metadata(base, layers, packages),
+            timestamp=base.timestamp,
+            parent=base.checksum,
+        )
+        timings["commit"] = time.monotonic() - start
+    split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
+    reporter.done("layer", sum(timings.values()), split)
+    return Built(checksum, packages, timings)
+
+
+def base_of(info: CommitInfo) -> str:
+    """The base commit of a (possibly layered) commit."""
+    return str(info.metadata.get("petra.base") or info.checksum)
+
+
+def _describe(layers: Layers) -> str:
+    parts = [*layers.packages, *layers.local_names]
+    text = " ".join(parts) or "-"
+    if layers.removed:
+        text += " - " + " ".join(layers.removed)
+    return text
+
+
+def _metadata(
+    base: CommitInfo, layers: Layers, packages: dict[str, str]
+) -> dict[str, MetadataValue]:
+    meta: dict[str, MetadataValue] = {}
+    for key, value in base.metadata.items():
+        if key in ("version", "petra.name", "petra.suite", "petra.mirror", "petra.architecture"):
+            meta[key] = str(value)
+        elif key == "petra.kernel-args":
+            meta[key] = [str(v) for v in value]
+        elif key in ("ostree.bootable",):
+            meta[key] = bool(value)
+        elif key == "ostree.linux":
+            meta[key] = str(value)
+    meta["petra.base"] = base.checksum
+    meta["petra.layered"] = [*layers.packages, *layers.local_names]
+    meta["petra.removed"] = list(layers.removed)
+    meta["petra.packages"] = list(packages.items())
+    return meta
+
+
+@contextmanager
+def _workdir(repo: Repo) -> Iterator[Path]:
+    # In the repo's tmp/: same file system, so the checkout hardlinks and the commit reuses.
+    # The caller holds the sysroot lock, so any other work dir is a killed build's leftover
+    # (its overlay was in that process's mount namespace and went with it).
+    parent = repo.path / "tmp"
+    for stale in parent.glob("petra-layer-*"):
+        subprocess.run(["rm", "-rf", "--one-file-system", str(stale)], check=False, timeout=600)
+    work = Path(tempfile.mkdtemp(prefix="petra-layer-", dir=parent))
+    try:
+        yield work
+    finally:
+        # The overlay is unmounted by now (its context has exited); nothing is mounted below.
+        subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False, timeout=600)
+
+
+def _indices(archive: Archive, reporter: Reporter) -> None:
+    """Refresh the archive's indices; offline, the cached ones do (if there are any)."""
+    try:
+        reporter.step("archive", f"{archive.mirror} {archive.suite}")
+        archive.update()
+    except ArchiveFailure as e:
+        if not any(archive.lists_dir.glob("*_Packages*")):
+            raise ArchiveError(
+                f"{e.message}, and no package index is cached",
+                "layering needs the archive once; check the network",
+            ) from e
+        reporter.step("archive", f"{e.message}; using the cached package index")
+
+
+def _prepare_var(merged: Path) -> list[str]:
+    """Make /var as the base's tmpfiles.d lines would on a booted system (the package
+    databases' links into /usr/lib/sysimage, apt's dirs); returns those lines."""
+    conf = merged / "usr/lib/tmpfiles.d/petra-var.conf"
+    lines = [ln for ln in conf.read_text().splitlines() if ln and not ln.startswith("#")]
+    for line in lines:
+        fields = line.split()
+        kind, path = fields[0], merged / fields[1].lstrip("/")
+        if not fields[1].startswith("/var/"):
+            continue
+        if kind == "d":
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, int(fields[2], 8))
+        elif kind == "L":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.is_symlink():
+                path.symlink_to(fields[6])
+    (merged / "etc").mkdir(exist_ok=True)  # where the tree's /usr/etc is bound
+    return lines
+
+
+def _sandbox(merged: Path, archive: Archive, archives: Path, local: Path) -> Sandbox:
+    local.mkdir(parents=True, exist_ok=True)
+    return Sandbox(
+        root=merged,
+        binds=(
+            Bind(merged / "usr/etc", "/etc"),
+            Bind(archive.lists_dir, "/var/lib/apt/lists"),
+            Bind(archives, "/var/cache/apt/archives"),
+            Bind(local, "/run/petra/debs", read_only=True),
+        ),
+        privileged=True,
+        env={"DEBIAN_FRONTEND": "noninteractive", "TZ": "UTC"},
+    )
+
+
+_APT_OPTIONS = (
+    "-oAPT::Install-Recommends=false",
+    "-oAcquire::Languages=none",
+    "-oAcquire::ForceHash=SHA256",  # --print-uris gives the checksum the .deb store is keyed by
+    "-oDir::Etc::SourceList=/run/petra/sources.list",
+    "-oDir::Etc::SourceParts=/nonexistent",
+    "-oDPkg::Options::=--force-unsafe-io",
+)
+
+
+def _apt(sandbox: Sandbox, args: Sequence[str], sources: str) -> subprocess.CompletedProcess[str]:
+    script = 'printf "%s\\n" "$1" > /run/petra/sources.list; shift; exec apt-get "$@"'
+    argv = sandbox.argv(["/bin/sh", "-c", script, "sh", sources, *_APT_OPTIONS, *args])
+    return run(argv, check=False)
+
+
+def _remove(sandbox: Sandbox, sources: str, names: Sequence[str], reporter: Reporter) -> None:
+    sim = _apt(sandbox, ["purge", "-s", *names], sources)
+    if sim.returncode != 0:
+        raise UsageError(
+            f"cannot remove {' '.join(names)}: {summarise_apt(sim.stdout + sim.stderr)}",
+            "see: petra status",
+        )
+    going = sorted(
+        {ln.split()[1] for ln in sim.stdout.splitlines() if ln.startswith(("Remv ", "Purg "))}
+    )
+    extra = [n for n in going if n not in names]
+    if extra:
+        raise UsageError(
+            f"removing {' '.join(names)} would also remove {', '.join(extra)}, which depend on it",
+            "remove those too, or keep it",
+        )
+    reporter.step("remove", " ".join(names))
+    proc = _apt(sandbox, ["purge", "-y", *names], sources)
+    if proc.returncode != 0:
+        raise ToolError(
+            f"apt could not remove {' '.join(names)}: {summarise_apt(proc.stdout + proc.stderr)}",
+            "nothing changed",
+        )
+
+
+def _resolve(sandbox: Sandbox, sources: str, wanted: Sequence[str], names: str) -> list[Deb]:
+    """What installing `wanted` downloads. UsageError for an unknown package, one apt cannot
+    install on this base, or one that would remove base packages (a conflict)."""
+    sim = _apt(sandbox, ["install", "-s", *wanted], sources)
+    out = sim.stdout + sim.stderr
+    if sim.returncode != 0:
+        missing = re.search(r"Unable to locate package (\S+)", out)
+        if missing:
+            raise UsageError(
+                f"unknown package {missing.group(1)}", "check the name: apt-cache search NAME"
+            )
+        raise UsageError(f"cannot install {names}: {summarise_apt(out)}", "nothing changed")
+    going = sorted({ln.split()[1] for ln in sim.stdout.splitlines() if ln.startswith("Remv ")})
+    if going:
+        raise UsageError(
+            f"installing {names} would remove {', '.join(going)} from the base (a conflict)",
+            "nothing changed; to remove them anyway: petra override remove " + " ".join(going),
+        )
+    proc = _apt(sandbox, ["install", "--print-uris", "-qq", *wanted], sources)
+    if proc.returncode != 0:
+        raise UsageError(f"cannot install {names}: {summarise_apt(out)}", "nothing changed")
+    # Local .debs are listed too (as file: URIs, without a checksum): only the archive's count.
+    lines = proc.stdout.splitlines()
+    return [
+        parse_uri_line(ln) for ln in lines if ln.startswith("'") and not ln.startswith("'file:")
+    ]
+
+
+def _install(
+    sandbox: Sandbox, sources: str, wanted: Sequence[str], names: str, reporter: Reporter
+) -> None:
+    reporter.step("apt", f"install {names}")
+    # No --no-download: apt copies local .debs in through their file: URIs; the archive's are
+    # already in place, and the sandbox has no network for anything else.
+    proc = _apt(sandbox, ["install", "-y", *wanted], sources)
+    if proc.returncode != 0:
+        raise ToolError(
+            f"apt could not install {names}: " f"{summarise_apt(proc.stdout + proc.stderr)}",
+            "nothing changed; the current deployment is as it was",
+        )
+
+
+def _finish(merged: Path, base_lines: list[str]) -> None:
+    """Petra's conventions for what apt changed: new /var dirs become tmpfiles.d lines, then
+    /var is emptied again; no machine-specific files."""
+    for pattern in ("usr/etc/ssh/ssh_host_*", "usr/etc/*-", "usr/etc/ld.so.cache~"):
+        for path in merged.glob(pattern):
+            tree.remove(path)
+    sysimage = merged / conventions.SYSIMAGE
+    states = merged / "var/lib/apt/extended_states"
+    if states.is_file() and not states.is_symlink():  # apt replaced the link with a file
+        tree.move(states, sysimage / "apt/extended_states")
+    for junk in _STATE_JUNK:
+        tree.remove(sysimage / junk)
+    lines = conventions.var_tmpfiles(merged, merged / "usr/etc")
+    extra = new_tmpfiles(base_lines, lines)
+    target = merged / LAYER_TMPFILES
+    if extra:
+        body = "# Made by petra: what the layered packages need under /var.\n"
+        tree.write_file(target, body + "\n".join(extra) + "\n")
+    for entry in (merged / "var").iterdir():
+        tree.remove(entry)
+
+
+def _clean_upper_leftovers(checkout: Path) -> None:
+    # The mount points the sandbox needed: an empty /etc (the tree keeps /usr/etc), /boot.
+    etc = checkout / "etc"
+    if etc.is_dir() and not any(etc.iterdir()):
+        etc.rmdir()
