@@ -199,7 +199,7 @@ def layering_rows(petra: list[str], work: Path, repo: Path, first: str, cache: P
     deploy = total - sum(float(v) for v in split.values())
 
     # The baseline: apt in a plain copy of the deployed tree, /var made as tmpfiles.d would.
-    [tree] = sysroot.glob("ostree/deploy/*/deploy/*.0")
+    tree = sorted(sysroot.glob(f"ostree/deploy/*/deploy/{first}.*"))[0]  # the base, deployed
     plain = work / "plain-tree"
     subprocess.run(["cp", "-a", str(tree), str(plain)], check=True)
     subprocess.run(["systemd-tmpfiles", "--create", f"--root={plain}", "--prefix=/var"],
@@ -207,10 +207,12 @@ def layering_rows(petra: list[str], work: Path, repo: Path, first: str, cache: P
     archives = work / "plain-archives"
     (archives / "partial").mkdir(parents=True)
     for deb in (cache / "debs").glob("*.deb"):
-        name = subprocess.run(["dpkg-deb", "--field", str(deb), "Package"], capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
-        if name == LAYER_PACKAGE:
-            shutil.copy(deb, archives / f"{LAYER_PACKAGE}.deb")
+        fields = subprocess.run(["dpkg-deb", "--field", str(deb), "Package", "Version",
+                                 "Architecture"], capture_output=True, text=True,
+                                check=True).stdout.split()  # fmt: skip
+        if fields[1] == LAYER_PACKAGE:  # "Package: htop Version: … Architecture: …"
+            version = fields[3].replace(":", "%3a")
+            shutil.copy(deb, archives / f"{LAYER_PACKAGE}_{version}_{fields[5]}.deb")
     [lists] = (cache / "apt").glob("*/lists")
     apt = ["bwrap", "--bind", str(plain), "/", "--dev", "/dev", "--proc", "/proc",
            "--tmpfs", "/run", "--tmpfs", "/tmp", "--bind", str(lists), "/var/lib/apt/lists",
