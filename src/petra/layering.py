@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from petra import mounts, tree
@@ -39,21 +39,16 @@ REQUESTED = "packages.requested"
 REQUESTED_LOCAL = "packages.requested-local"
 REMOVED = "overrides.remove"
 LAYER_TMPFILES = "usr/lib/tmpfiles.d/petra-layer.conf"
-# What apt and dpkg leave beside the databases (compose's conventions drop the same).
-_STATE_JUNK = (
-    "dpkg/lock",
-    "dpkg/lock-frontend",
-    "dpkg/triggers/Lock",
-    "dpkg/status-old",
-    "dpkg/available-old",
-    "dpkg/diversions-old",
-    "dpkg/statoverride-old",
-    "debconf/config.dat-old",
-    "debconf/templates.dat-old",
-    "debconf/passwords.dat-old",
-    "debconf/tmp.ci",
-    "ucf/hashfile.0",
-    "ucf/registry.0",
+# Base commit metadata a layered commit keeps as it is (what it is, where it came from, boot).
+_INHERITED = (
+    "version",
+    "petra.name",
+    "petra.suite",
+    "petra.mirror",
+    "petra.architecture",
+    "petra.kernel-args",
+    "ostree.bootable",
+    "ostree.linux",
 )
 _DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
@@ -82,6 +77,11 @@ class Layers:
     def local_names(self) -> tuple[str, ...]:
         return tuple(entry.partition(":")[2] for entry in self.local)
 
+    @property
+    def layered(self) -> tuple[str, ...]:
+        """Every layered package's name: from the archive, then local .debs."""
+        return (*self.packages, *self.local_names)
+
     def origin(self) -> dict[str, tuple[str, ...]]:
         return {REQUESTED: self.packages, REQUESTED_LOCAL: self.local, REMOVED: self.removed}
 
@@ -94,7 +94,7 @@ def add(layers: Layers, names: Sequence[str], base: dict[str, str]) -> Layers:
     the base already has (nothing would change)."""
     for name in names:
         check_name(name)
-        if name in layers.packages or name in layers.local_names:
+        if name in layers.layered:
             raise UsageError(f"{name} is already layered", "see: petra status")
         if name in base and name not in layers.removed:
             raise UsageError(f"{name} is already in the base ({base[name]})", "nothing to install")
@@ -113,8 +113,8 @@ def add_local(layers: Layers, entries: Sequence[str]) -> Layers:
 def remove(layers: Layers, names: Sequence[str]) -> Layers:
     """`layers` without the layered packages `names`. UsageError for one that is not layered."""
     for name in names:
-        if name not in layers.packages and name not in layers.local_names:
-            layered = ", ".join([*layers.packages, *layers.local_names]) or "none"
+        if name not in layers.layered:
+            layered = ", ".join(layers.layered) or "none"
             raise UsageError(f"{name} is not a layered package", f"layered: {layered}")
     gone = set(names)
     return replace(
@@ -182,13 +182,6 @@ def new_tmpfiles(base_lines: Sequence[str], lines: Sequence[str]) -> list[str]:
 # --- building a layered commit ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Built:
-    checksum: str
-    packages: dict[str, str]
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 def local_store(sysroot: Sysroot, osname: str) -> Path:
     """Where local .debs are kept for rebuilds: the stateroot's /var/lib/petra/debs."""
     return sysroot.stateroot_var(osname) / "lib/petra/debs"
@@ -222,7 +215,7 @@ def build(
     layers: Layers,
     cache: Path,
     reporter: Reporter,
-) -> Built:
+) -> str:
     """Commit base + `layers` to the sysroot's repo (not under any ref); returns the commit.
 
     Raises UsageError/ToolError/ArchiveError naming apt's complaint (unknown package, conflict,
@@ -253,25 +246,27 @@ def build(
         with mounts.overlay(checkout, work / "overlay") as (merged, upper):
             start = time.monotonic()
             base_lines = _prepare_var(merged)
-            sandbox = _sandbox(merged, archive, archives, local_store(sysroot, osname))
+            sources = work / "sources.list"
+            sources.write_text(archive.sources_line + "\n")
+            sandbox = _sandbox(merged, archive, archives, sources, local_store(sysroot, osname))
             if layers.removed:
-                _remove(sandbox, archive.sources_line, layers.removed, reporter)
+                _remove(sandbox, layers.removed, reporter)
             wanted = [*layers.packages, *(f"/run/petra/debs/{e[:64]}.deb" for e in layers.local)]
-            names = " ".join([*layers.packages, *layers.local_names])
+            names = " ".join(layers.layered)
             if wanted:
-                debs = _resolve(sandbox, archive.sources_line, wanted, names)
+                debs = _resolve(sandbox, wanted, names)
                 try:
                     archive.fetch(
                         debs, archives, reporter, merged / conventions.SYSIMAGE / "dpkg/status"
                     )
                 except ArchiveError as e:
-                    names = ", ".join(d.name for d in debs)
+                    missing = ", ".join(d.name for d in debs)
                     raise ArchiveError(
-                        f"cannot download {names}: {archive.mirror} is unreachable and they "
+                        f"cannot download {missing}: {archive.mirror} is unreachable and they "
                         "are not in the package cache",
                         "check the network, or layer them again when the archive is reachable",
                     ) from e
-                _install(sandbox, archive.sources_line, wanted, names, reporter)
+                _install(sandbox, wanted, names, reporter)
             timings["apt"] = time.monotonic() - start
             start = time.monotonic()
             _finish(merged, base_lines)
@@ -289,7 +284,7 @@ def build(
         timings["commit"] = time.monotonic() - start
     split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
     reporter.done("layer", sum(timings.values()), split)
-    return Built(checksum, packages, timings)
+    return checksum
 
 
 def base_of(info: CommitInfo) -> str:
@@ -298,8 +293,7 @@ def base_of(info: CommitInfo) -> str:
 
 
 def _describe(layers: Layers) -> str:
-    parts = [*layers.packages, *layers.local_names]
-    text = " ".join(parts) or "-"
+    text = " ".join(layers.layered) or "-"
     if layers.removed:
         text += " - " + " ".join(layers.removed)
     return text
@@ -308,18 +302,11 @@ def _describe(layers: Layers) -> str:
 def _metadata(
     base: CommitInfo, layers: Layers, packages: dict[str, str]
 ) -> dict[str, MetadataValue]:
-    meta: dict[str, MetadataValue] = {}
-    for key, value in base.metadata.items():
-        if key in ("version", "petra.name", "petra.suite", "petra.mirror", "petra.architecture"):
-            meta[key] = str(value)
-        elif key == "petra.kernel-args":
-            meta[key] = [str(v) for v in value]
-        elif key in ("ostree.bootable",):
-            meta[key] = bool(value)
-        elif key == "ostree.linux":
-            meta[key] = str(value)
+    meta: dict[str, MetadataValue] = {
+        key: base.metadata[key] for key in _INHERITED if key in base.metadata
+    }
     meta["petra.base"] = base.checksum
-    meta["petra.layered"] = [*layers.packages, *layers.local_names]
+    meta["petra.layered"] = list(layers.layered)
     meta["petra.removed"] = list(layers.removed)
     meta["petra.packages"] = list(packages.items())
     return meta
@@ -376,7 +363,7 @@ def _prepare_var(merged: Path) -> list[str]:
     return lines
 
 
-def _sandbox(merged: Path, archive: Archive, archives: Path, local: Path) -> Sandbox:
+def _sandbox(merged: Path, archive: Archive, archives: Path, sources: Path, local: Path) -> Sandbox:
     local.mkdir(parents=True, exist_ok=True)
     return Sandbox(
         root=merged,
@@ -384,6 +371,7 @@ def _sandbox(merged: Path, archive: Archive, archives: Path, local: Path) -> San
             Bind(merged / "usr/etc", "/etc"),
             Bind(archive.lists_dir, "/var/lib/apt/lists"),
             Bind(archives, "/var/cache/apt/archives"),
+            Bind(sources, "/run/petra/sources.list", read_only=True),
             Bind(local, "/run/petra/debs", read_only=True),
         ),
         privileged=True,
@@ -401,14 +389,12 @@ _APT_OPTIONS = (
 )
 
 
-def _apt(sandbox: Sandbox, args: Sequence[str], sources: str) -> subprocess.CompletedProcess[str]:
-    script = 'printf "%s\\n" "$1" > /run/petra/sources.list; shift; exec apt-get "$@"'
-    argv = sandbox.argv(["/bin/sh", "-c", script, "sh", sources, *_APT_OPTIONS, *args])
-    return run(argv, check=False)
+def _apt(sandbox: Sandbox, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return run(sandbox.argv(["apt-get", *_APT_OPTIONS, *args]), check=False)
 
 
-def _remove(sandbox: Sandbox, sources: str, names: Sequence[str], reporter: Reporter) -> None:
-    sim = _apt(sandbox, ["purge", "-s", *names], sources)
+def _remove(sandbox: Sandbox, names: Sequence[str], reporter: Reporter) -> None:
+    sim = _apt(sandbox, ["purge", "-s", *names])
     if sim.returncode != 0:
         raise UsageError(
             f"cannot remove {' '.join(names)}: {summarise_apt(sim.stdout + sim.stderr)}",
@@ -424,7 +410,7 @@ def _remove(sandbox: Sandbox, sources: str, names: Sequence[str], reporter: Repo
             "remove those too, or keep it",
         )
     reporter.step("remove", " ".join(names))
-    proc = _apt(sandbox, ["purge", "-y", *names], sources)
+    proc = _apt(sandbox, ["purge", "-y", *names])
     if proc.returncode != 0:
         raise ToolError(
             f"apt could not remove {' '.join(names)}: {summarise_apt(proc.stdout + proc.stderr)}",
@@ -432,10 +418,10 @@ def _remove(sandbox: Sandbox, sources: str, names: Sequence[str], reporter: Repo
         )
 
 
-def _resolve(sandbox: Sandbox, sources: str, wanted: Sequence[str], names: str) -> list[Deb]:
+def _resolve(sandbox: Sandbox, wanted: Sequence[str], names: str) -> list[Deb]:
     """What installing `wanted` downloads. UsageError for an unknown package, one apt cannot
     install on this base, or one that would remove base packages (a conflict)."""
-    sim = _apt(sandbox, ["install", "-s", *wanted], sources)
+    sim = _apt(sandbox, ["install", "-s", *wanted])
     out = sim.stdout + sim.stderr
     if sim.returncode != 0:
         missing = re.search(r"Unable to locate package (\S+)", out)
@@ -450,7 +436,7 @@ def _resolve(sandbox: Sandbox, sources: str, wanted: Sequence[str], names: str) 
             f"installing {names} would remove {', '.join(going)} from the base (a conflict)",
             "nothing changed; to remove them anyway: petra override remove " + " ".join(going),
         )
-    proc = _apt(sandbox, ["install", "--print-uris", "-qq", *wanted], sources)
+    proc = _apt(sandbox, ["install", "--print-uris", "-qq", *wanted])
     if proc.returncode != 0:
         raise UsageError(f"cannot install {names}: {summarise_apt(out)}", "nothing changed")
     # Local .debs are listed too (as file: URIs, without a checksum): only the archive's count.
@@ -460,13 +446,11 @@ def _resolve(sandbox: Sandbox, sources: str, wanted: Sequence[str], names: str) 
     ]
 
 
-def _install(
-    sandbox: Sandbox, sources: str, wanted: Sequence[str], names: str, reporter: Reporter
-) -> None:
+def _install(sandbox: Sandbox, wanted: Sequence[str], names: str, reporter: Reporter) -> None:
     reporter.step("apt", f"install {names}")
     # No --no-download: apt copies local .debs in through their file: URIs; the archive's are
     # already in place, and the sandbox has no network for anything else.
-    proc = _apt(sandbox, ["install", "-y", *wanted], sources)
+    proc = _apt(sandbox, ["install", "-y", *wanted])
     if proc.returncode != 0:
         raise ToolError(
             f"apt could not install {names}: " f"{summarise_apt(proc.stdout + proc.stderr)}",
@@ -484,8 +468,7 @@ def _finish(merged: Path, base_lines: list[str]) -> None:
     states = merged / "var/lib/apt/extended_states"
     if states.is_file() and not states.is_symlink():  # apt replaced the link with a file
         tree.move(states, sysimage / "apt/extended_states")
-    for junk in _STATE_JUNK:
-        tree.remove(sysimage / junk)
+    conventions.tidy_state(sysimage)
     lines = conventions.var_tmpfiles(merged, merged / "usr/etc")
     extra = new_tmpfiles(base_lines, lines)
     target = merged / LAYER_TMPFILES

@@ -322,14 +322,13 @@ def _build(
     where: str,
 ) -> str:
     try:
-        built = layering.build(
+        return layering.build(
             sysroot, osname_of(sysroot), base, layers, cache or default_cache_dir(), reporter
         )
     except PetraError as e:
         if where:
             e.message = f"the layered packages do not install {where}: {e.message}"
         raise
-    return built.checksum
 
 
 def rollback(sysroot: Sysroot) -> Deployment:

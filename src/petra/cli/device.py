@@ -133,7 +133,7 @@ def status_data(sysroot: Sysroot) -> list[dict[str, Any]]:
                 "origin": dep.refspec,
                 "source": source.url.removeprefix("file://") if source.url else None,
                 "base": layering.base_of(info) if info else None,
-                "layered": [*layers.packages, *layers.local_names],
+                "layered": list(layers.layered),
                 "removed": list(layers.removed),
                 "kernel-args": " ".join(
                     a for a in dep.kernel_args.split() if not a.startswith("ostree=")

@@ -51,6 +51,22 @@ APT_RUNTIME_DIRS = (
     "d /var/log/apt 0755 root root -",
 )
 
+# What apt and dpkg leave in those directories besides the databases.
+STATE_JUNK = (
+    "lock",
+    "lock-frontend",
+    "triggers/Lock",
+    "status-old",
+    "available-old",
+    "diversions-old",
+    "statoverride-old",
+    "config.dat-old",
+    "templates.dat-old",
+    "passwords.dat-old",
+    "hashfile.0",
+    "registry.0",
+)
+
 MACHINE_SPECIFIC = (
     "etc/ssh/ssh_host_*",
     "etc/*-",  # passwd-, shadow-, group-, gshadow-, subuid-, subgid- backups
@@ -130,25 +146,10 @@ def _move_state(root: Path) -> list[str]:
         path = root / src
         if not path.is_dir():
             continue
-        for junk in (
-            "lock",
-            "lock-frontend",
-            "triggers/Lock",
-            "status-old",
-            "available-old",
-            "diversions-old",
-            "statoverride-old",
-            "config.dat-old",
-            "templates.dat-old",
-            "passwords.dat-old",
-            "hashfile.0",
-            "registry.0",
-        ):
-            tree.remove(path / junk)
         tree.move(path, root / SYSIMAGE / name)
         depth = src.count("/")
         lines.append(f"L /{src} - - - - {'../' * depth}{SYSIMAGE}/{name}")
-    tree.remove(root / SYSIMAGE / "debconf/tmp.ci")  # debconf's scratch dir during apt runs
+    tidy_state(root / SYSIMAGE)
     for src, name in STATE_FILES.items():
         path = root / src
         if path.exists():
@@ -156,6 +157,15 @@ def _move_state(root: Path) -> list[str]:
             _sort_stanzas(root / SYSIMAGE / name)
             lines.append(f"L /{src} - - - - /{SYSIMAGE}/{name}")
     return lines
+
+
+def tidy_state(sysimage: Path) -> None:
+    """Drop what apt and dpkg leave beside the package databases under `sysimage` (locks,
+    backups, debconf's scratch dir): the databases alone belong to a commit."""
+    for name in STATE_DIRS.values():
+        for junk in STATE_JUNK:
+            tree.remove(sysimage / name / junk)
+    tree.remove(sysimage / "debconf/tmp.ci")
 
 
 def _sort_stanzas(path: Path) -> None:
