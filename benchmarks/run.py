@@ -214,18 +214,20 @@ def layering_rows(petra: list[str], work: Path, repo: Path, first: str, cache: P
             version = fields[3].replace(":", "%3a")
             shutil.copy(deb, archives / f"{LAYER_PACKAGE}_{version}_{fields[5]}.deb")
     [lists] = (cache / "apt").glob("*/lists")
-    apt = ["bwrap", "--bind", str(plain), "/", "--dev", "/dev", "--proc", "/proc",
-           "--tmpfs", "/run", "--tmpfs", "/tmp", "--bind", str(lists), "/var/lib/apt/lists",
-           "--bind", str(archives), "/var/cache/apt/archives", "--unshare-net", "--",
-           "apt-get", "install", "-y", "--no-download", "-oAPT::Install-Recommends=false",
-           "-oDPkg::Options::=--force-unsafe-io", LAYER_PACKAGE]  # fmt: skip
-    baseline, _ = timed(apt)
+    bwrap = ["bwrap", "--bind", str(plain), "/", "--dev", "/dev", "--proc", "/proc",
+             "--tmpfs", "/run", "--tmpfs", "/tmp", "--bind", str(lists), "/var/lib/apt/lists",
+             "--bind", str(archives), "/var/cache/apt/archives", "--unshare-net", "--"]  # fmt: skip
+    # As on a running Debian system, apt's parsed index (pkgcache.bin) is already built.
+    timed([*bwrap, "apt-get", "-q", "check"])
+    baseline, _ = timed([*bwrap, "apt-get", "install", "-y", "--no-download",
+                         "-oAPT::Install-Recommends=false", "-oDPkg::Options::=--force-unsafe-io",
+                         LAYER_PACKAGE])  # fmt: skip
     subprocess.run(["rm", "-rf", "--one-file-system", str(plain)], check=False)
     parts = ", ".join(f"{k} {float(v):.1f} s" for k, v in split.items())
     return [
         (f"petra install {LAYER_PACKAGE} (cached), server tree", f"{total:.1f} s",
          f"{parts}, deploy {deploy:.1f} s; {total / baseline:.1f}x apt-get install in a plain "
-         f"copy ({baseline:.1f} s) (goal <= 10 s, moonshot <= 3 s)"),
+         f"copy, its apt cache warm ({baseline:.1f} s) (goal <= 10 s, moonshot <= 3 s)"),
     ]  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,25 @@ class Archive:
 
     # --- operations ------------------------------------------------------------------------
 
+    @property
+    def tree_cache_dir(self) -> Path:
+        """Where a tree's own apt keeps its parsed copy of these indices (srcpkgcache.bin)."""
+        return self.root / "tree-cache"
+
+    def tree_sources_list(self) -> Path:
+        """A sources.list for a tree's own apt, rewritten only when it changes: apt trusts its
+        parsed index (tree_cache_dir) only while it is older than every sources.list."""
+        path = self.root / "tree-sources.list"
+        _write_if_changed(path, self.sources_line + "\n")
+        return path
+
+    def updated_ago(self) -> float | None:
+        """Seconds since the indices were last fetched, or None if never."""
+        try:
+            return time.time() - (self.root / "updated").stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     def update(self, reporter: Reporter | None = None) -> None:
         """Fetch (or refresh) the suite's indices.
 
@@ -128,6 +148,7 @@ class Archive:
         env = {"APT_CONFIG": str(conf), "LC_ALL": "C.UTF-8"}
         proc = run(["apt-get", "update", "--error-on=any"], env=env, check=False)
         if proc.returncode == 0:
+            (self.root / "updated").touch()
             return
         out = proc.stdout + proc.stderr
         if re.search(

@@ -51,6 +51,9 @@ _INHERITED = (
     "ostree.linux",
 )
 _DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+# A build uses the cached package index as it is when it was fetched less than this long ago
+# (seconds); if a package is then unknown or gone from the mirror, it fetches it again.
+INDEX_MAX_AGE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -241,31 +244,25 @@ def build(
         repo.checkout(base.checksum, checkout)
         archives = work / "archives"
         (archives / "partial").mkdir(parents=True)
-        _indices(archive, reporter)
+        behind = _indices(archive, reporter, INDEX_MAX_AGE)
         timings["prepare"] = time.monotonic() - start
         with mounts.overlay(checkout, work / "overlay") as (merged, upper):
             start = time.monotonic()
             base_lines = _prepare_var(merged)
-            sources = work / "sources.list"
-            sources.write_text(archive.sources_line + "\n")
-            sandbox = _sandbox(merged, archive, archives, sources, local_store(sysroot, osname))
+            sandbox = _sandbox(merged, archive, archives, local_store(sysroot, osname))
             if layers.removed:
                 _remove(sandbox, layers.removed, reporter)
             wanted = [*layers.packages, *(f"/run/petra/debs/{e[:64]}.deb" for e in layers.local)]
             names = " ".join(layers.layered)
             if wanted:
-                debs = _resolve(sandbox, wanted, names)
+                status = merged / conventions.SYSIMAGE / "dpkg/status"
                 try:
-                    archive.fetch(
-                        debs, archives, reporter, merged / conventions.SYSIMAGE / "dpkg/status"
-                    )
-                except ArchiveError as e:
-                    missing = ", ".join(d.name for d in debs)
-                    raise ArchiveError(
-                        f"cannot download {missing}: {archive.mirror} is unreachable and they "
-                        "are not in the package cache",
-                        "check the network, or layer them again when the archive is reachable",
-                    ) from e
+                    _download(sandbox, archive, archives, status, wanted, names, reporter)
+                except (UsageError, ArchiveError):
+                    if not behind:  # the index is as new as it gets
+                        raise
+                    _indices(archive, reporter, 0)
+                    _download(sandbox, archive, archives, status, wanted, names, reporter)
                 _install(sandbox, wanted, names, reporter)
             timings["apt"] = time.monotonic() - start
             start = time.monotonic()
@@ -328,8 +325,14 @@ def _workdir(repo: Repo) -> Iterator[Path]:
         subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False, timeout=600)
 
 
-def _indices(archive: Archive, reporter: Reporter) -> None:
-    """Refresh the archive's indices; offline, the cached ones do (if there are any)."""
+def _indices(archive: Archive, reporter: Reporter, max_age: float) -> bool:
+    """Refresh the archive's indices unless they were fetched less than `max_age` seconds ago;
+    offline, the cached ones do (if there are any). Returns True if a refresh was skipped
+    because the index was recent (so one now might still change it)."""
+    age = archive.updated_ago()
+    if age is not None and 0 <= age < max_age and any(archive.lists_dir.glob("*_Packages*")):
+        reporter.step("archive", f"package index fetched {age / 60:.0f} min ago")
+        return True
     try:
         reporter.step("archive", f"{archive.mirror} {archive.suite}")
         archive.update()
@@ -340,6 +343,7 @@ def _indices(archive: Archive, reporter: Reporter) -> None:
                 "layering needs the archive once; check the network",
             ) from e
         reporter.step("archive", f"{e.message}; using the cached package index")
+    return False
 
 
 def _prepare_var(merged: Path) -> list[str]:
@@ -363,15 +367,17 @@ def _prepare_var(merged: Path) -> list[str]:
     return lines
 
 
-def _sandbox(merged: Path, archive: Archive, archives: Path, sources: Path, local: Path) -> Sandbox:
+def _sandbox(merged: Path, archive: Archive, archives: Path, local: Path) -> Sandbox:
     local.mkdir(parents=True, exist_ok=True)
+    archive.tree_cache_dir.mkdir(parents=True, exist_ok=True)
     return Sandbox(
         root=merged,
         binds=(
             Bind(merged / "usr/etc", "/etc"),
             Bind(archive.lists_dir, "/var/lib/apt/lists"),
+            Bind(archive.tree_cache_dir, "/run/petra/apt-cache"),
             Bind(archives, "/var/cache/apt/archives"),
-            Bind(sources, "/run/petra/sources.list", read_only=True),
+            Bind(archive.tree_sources_list(), "/run/petra/sources.list", read_only=True),
             Bind(local, "/run/petra/debs", read_only=True),
         ),
         privileged=True,
@@ -385,6 +391,8 @@ _APT_OPTIONS = (
     "-oAcquire::ForceHash=SHA256",  # --print-uris gives the checksum the .deb store is keyed by
     "-oDir::Etc::SourceList=/run/petra/sources.list",
     "-oDir::Etc::SourceParts=/nonexistent",
+    # The index parsed once per index, not once per build (apt checks it is still current).
+    "-oDir::Cache::srcpkgcache=/run/petra/apt-cache/srcpkgcache.bin",
     "-oDPkg::Options::=--force-unsafe-io",
 )
 
@@ -418,32 +426,54 @@ def _remove(sandbox: Sandbox, names: Sequence[str], reporter: Reporter) -> None:
         )
 
 
+def _download(
+    sandbox: Sandbox,
+    archive: Archive,
+    archives: Path,
+    status: Path,
+    wanted: Sequence[str],
+    names: str,
+    reporter: Reporter,
+) -> None:
+    """Put the .debs installing `wanted` needs into `archives` (from the store, else the
+    archive). UsageError/ArchiveError as _resolve, or if the archive cannot be reached."""
+    debs = _resolve(sandbox, wanted, names)
+    try:
+        archive.fetch(debs, archives, reporter, status)
+    except ArchiveError as e:
+        missing = ", ".join(d.name for d in debs)
+        raise ArchiveError(
+            f"cannot download {missing}: {archive.mirror} is unreachable and they "
+            "are not in the package cache",
+            "check the network, or layer them again when the archive is reachable",
+        ) from e
+
+
 def _resolve(sandbox: Sandbox, wanted: Sequence[str], names: str) -> list[Deb]:
-    """What installing `wanted` downloads. UsageError for an unknown package, one apt cannot
-    install on this base, or one that would remove base packages (a conflict)."""
+    """What installing `wanted` downloads, from one resolver run with removals forbidden.
+    UsageError for an unknown package, one apt cannot install on this base, or one that would
+    remove base packages (a conflict: a second run, removals allowed, names them)."""
+    proc = _apt(sandbox, ["install", "--print-uris", "-q", "-oAPT::Get::Remove=false", *wanted])
+    out = proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        # Local .debs are listed too (as file: URIs, without a checksum): only the archive's.
+        lines = proc.stdout.splitlines()
+        return [
+            parse_uri_line(ln) for ln in lines if ln.startswith("'") and not ln.startswith("'file:")
+        ]
+    missing = re.search(r"Unable to locate package (\S+)", out)
+    if missing:
+        raise UsageError(
+            f"unknown package {missing.group(1)}", "check the name: apt-cache search NAME"
+        )
     sim = _apt(sandbox, ["install", "-s", *wanted])
-    out = sim.stdout + sim.stderr
-    if sim.returncode != 0:
-        missing = re.search(r"Unable to locate package (\S+)", out)
-        if missing:
-            raise UsageError(
-                f"unknown package {missing.group(1)}", "check the name: apt-cache search NAME"
-            )
-        raise UsageError(f"cannot install {names}: {summarise_apt(out)}", "nothing changed")
     going = sorted({ln.split()[1] for ln in sim.stdout.splitlines() if ln.startswith("Remv ")})
-    if going:
+    if sim.returncode == 0 and going:
         raise UsageError(
             f"installing {names} would remove {', '.join(going)} from the base (a conflict)",
             "nothing changed; to remove them anyway: petra override remove " + " ".join(going),
         )
-    proc = _apt(sandbox, ["install", "--print-uris", "-qq", *wanted])
-    if proc.returncode != 0:
-        raise UsageError(f"cannot install {names}: {summarise_apt(out)}", "nothing changed")
-    # Local .debs are listed too (as file: URIs, without a checksum): only the archive's count.
-    lines = proc.stdout.splitlines()
-    return [
-        parse_uri_line(ln) for ln in lines if ln.startswith("'") and not ln.startswith("'file:")
-    ]
+    raise UsageError(f"cannot install {names}: {summarise_apt(out)}", "nothing changed")
 
 
 def _install(sandbox: Sandbox, wanted: Sequence[str], names: str, reporter: Reporter) -> None:

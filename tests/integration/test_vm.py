@@ -13,6 +13,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from petra.archive import Archive
 from tests.integration.conftest import EXAMPLES, Composed, compose, ostree, petra
 
 pytestmark = pytest.mark.integration
@@ -130,6 +132,36 @@ def next_release(server: Composed, where: Path) -> tuple[Path, str]:
     return repo, v2.commit
 
 
+def offline_cache(repo: Path, cache: Path, base: str, wanted: str, dest: Path) -> Path:
+    """A package cache for `petra install` in the VM, which has no network: the archive's index
+    and the .debs that `wanted` (a commit) has and `base` lacks, from the compose cache."""
+    shown = {
+        c: json.loads(petra("show", "--repo", repo, c, "--json").stdout) for c in (base, wanted)
+    }
+    extra = {
+        name: version
+        for name, version in shown[wanted]["packages"].items()
+        if shown[base]["packages"].get(name) != version
+    }
+    meta = shown[base]
+    source = Archive(meta["mirror"], meta["suite"], meta["architecture"], cache)
+    target = Archive(meta["mirror"], meta["suite"], meta["architecture"], dest)
+    target.lists_dir.mkdir(parents=True)
+    target.debs.mkdir(parents=True)
+    for index in source.lists_dir.glob("*_*"):
+        shutil.copyfile(index, target.lists_dir / index.name)
+    packages = next(source.lists_dir.glob("*_Packages")).read_text()
+    found = []
+    for stanza in packages.split("\n\n"):
+        field = dict(ln.split(": ", 1) for ln in stanza.splitlines() if ": " in ln and ln[0] != " ")
+        if "Package" in field and extra.get(field["Package"]) == field["Version"]:
+            found.append(field["Package"])
+            sha = field["SHA256"]
+            shutil.copyfile(source.debs / f"{sha}.deb", target.debs / f"{sha}.deb")
+    assert sorted(found) == sorted(extra), (found, extra)
+    return dest
+
+
 def test_boot_upgrade_reboot_rollback_reboot(disk: Path, server: Composed, testfs: Path) -> None:
     share, v2 = next_release(server, Path(tempfile.mkdtemp(dir=testfs)))
     first = vm(disk, "sh", "-c", FIRST_BOOT, share=share)
@@ -163,18 +195,38 @@ def test_boot_upgrade_reboot_rollback_reboot(disk: Path, server: Composed, testf
     assert htop == "/usr/bin/htop" and marker == "kept" and etc == "changed"
 
     # Reboot: the old version runs again, without htop, with the same /var; both are listed.
+    # Then layer htop onto it, offline, from a package cache the share brings.
+    offline_cache(share, server.cache, server.commit, v2, share / "cache")
     third = vm(
         disk,
         "sh",
         "-c",
         "petra status --json | tr -d '\\n '; echo; command -v htop || echo no-htop;"
-        " cat /var/lib/petra-test/marker",
+        " cat /var/lib/petra-test/marker; cp -a /run/petra/share/cache /var/cache/petra"
+        " && petra install -q --cache /var/cache/petra htop >/tmp/log 2>&1; echo $?; cat /tmp/log",
+        share=share,
     )
     assert third.returncode == 0, third.stderr[-3000:]
-    status, htop, marker = third.stdout.splitlines()[:3]
+    status, htop, marker, installed, *log = third.stdout.splitlines()
     assert booted(status)["commit"] == server.commit and deployments(status)[0]["booted"]
     assert [d["commit"] for d in deployments(status)] == [server.commit, v2]
     assert htop == "no-htop" and marker == "kept"
+    assert installed == "0", log
+
+    # Reboot: the layered deployment runs, htop works, the base and /var are as they were.
+    fourth = vm(
+        disk,
+        "sh",
+        "-c",
+        "petra status --json | tr -d '\\n '; echo; htop --version | head -1;"
+        " cat /var/lib/petra-test/marker",
+    )
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    status, version, marker = fourth.stdout.splitlines()[:3]
+    running = booted(status)
+    assert running["layered"] == ["htop"] and running["base"] == server.commit, status
+    assert deployments(status)[1]["commit"] == server.commit  # the unlayered one, to roll back to
+    assert version.startswith("htop ") and marker == "kept"
 
 
 def test_false_exits_1_and_auto_says_which_accelerator(disk: Path) -> None:
