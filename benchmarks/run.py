@@ -8,6 +8,8 @@ Device: deploy (vs `ostree admin deploy` of the same commit), upgrade of a one-p
 second deployment, and the thaw guard's cost per command.
 Layering: `petra install htop` (already downloaded) on the deployed server tree, split into
 prepare, apt/dpkg, commit and deploy, against apt-get install in a plain copy of the tree.
+Boxes: `petra box create` cold (vs plain mmdebstrap of the same packages) and warm, and `petra
+box run -- /bin/true` against bare bwrap.
 Boot: `petra image build` of the server commit (time, disk and used size), and `petra vm run --
 true` under TCG: qemu start to the command's result and to power-off, with the boot's milestones
 as the console shows them; which accelerator `--accel auto` picks on this machine.
@@ -231,6 +233,33 @@ def layering_rows(petra: list[str], work: Path, repo: Path, first: str, cache: P
     ]  # fmt: skip
 
 
+def box_rows(petra: list[str], work: Path, suite: str, mirror: str) -> list[Row]:
+    """Box creation cold (an empty cache: it downloads, as plain mmdebstrap of the same
+    packages does) and warm (a second box of the suite), and `petra box run -- /bin/true`
+    against bare bwrap with the same namespaces and root."""
+    sysroot = work / "layer-sysroot"  # boxes live in a sysroot's /var
+    plain, _ = timed(["mmdebstrap", "--variant=minbase", "--mode=root", "-q", suite,
+                      str(work / "plain-box"), mirror])  # fmt: skip
+    shutil.rmtree(work / "plain-box")
+    where = ["--sysroot", str(sysroot), "--cache", str(work / "box-cache"), "-q"]
+    cold, _ = timed([*petra, "box", "create", "first", "--suite", suite, *where])
+    warm, _ = timed([*petra, "box", "create", "second", "--suite", suite, *where])
+    root = next(sysroot.glob("ostree/deploy/*/var/lib/petra/boxes/second/root"))
+    bare = ["bwrap", "--bind", str(root), "/", "--dev", "/dev", "--proc", "/proc",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--", "/bin/true"]  # fmt: skip
+    box = [*petra, "box", "run", "--sysroot", str(sysroot), "second", "--", "/bin/true"]
+    bare_s = statistics.median(timed(bare)[0] for _ in range(20))
+    box_s = statistics.median(timed(box)[0] for _ in range(20))
+    return [
+        ("petra box create, cold (empty cache)", f"{cold:.1f} s",
+         f"{cold / plain:.2f}x plain mmdebstrap of the same packages ({plain:.1f} s)"),
+        ("petra box create, warm (second box of the suite)", f"{warm:.1f} s", "goal <= 5 s"),
+        ("petra box run -- /bin/true", f"{box_s * 1000:.0f} ms",
+         f"median of 20; {box_s / bare_s:.0f}x bare bwrap ({bare_s * 1000:.1f} ms) "
+         "(goal <= 1.5x)"),
+    ]  # fmt: skip
+
+
 def boot_rows(petra: list[str], work: Path, repo: Path, first: str) -> list[Row]:
     """The image of the first commit (it follows the ref, which the recompose moved on), booted
     twice, then upgraded from inside through the shared repo."""
@@ -321,6 +350,7 @@ def measure(
     ]  # fmt: skip
     rows += device_rows(petra, work, repo, first["commit"], cache)
     rows += layering_rows(petra, work, repo, first["commit"], cache)
+    rows += box_rows(petra, work, suite, mirror)
     return rows + boot_rows(petra, work, repo, first["commit"])
 
 

@@ -138,6 +138,28 @@ class Archive:
         except FileNotFoundError:
             return None
 
+    def refresh(self, reporter: Reporter, max_age: float = 0.0) -> bool:
+        """Fetch the indices unless they were fetched less than `max_age` seconds ago; with the
+        mirror unreachable, the cached ones do. Returns True if a fetch was skipped because the
+        index was recent (so one now might still change it).
+
+        Raises ArchiveFailure for an unknown suite, and for an unreachable mirror when no
+        index is cached.
+        """
+        cached = any(self.lists_dir.glob("*_Packages*"))
+        age = self.updated_ago()
+        if cached and age is not None and 0 <= age < max_age:
+            reporter.step("archive", f"package index fetched {age / 60:.0f} min ago")
+            return True
+        reporter.step("archive", f"{self.mirror} {self.suite}")
+        try:
+            self.update()
+        except ArchiveFailure as e:
+            if e.key != "mirror" or not cached:
+                raise
+            reporter.step("archive", f"{e.message}; using the cached package index")
+        return False
+
     def update(self, reporter: Reporter | None = None) -> None:
         """Fetch (or refresh) the suite's indices.
 

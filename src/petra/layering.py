@@ -326,24 +326,16 @@ def _workdir(repo: Repo) -> Iterator[Path]:
 
 
 def _indices(archive: Archive, reporter: Reporter, max_age: float) -> bool:
-    """Refresh the archive's indices unless they were fetched less than `max_age` seconds ago;
-    offline, the cached ones do (if there are any). Returns True if a refresh was skipped
-    because the index was recent (so one now might still change it)."""
-    age = archive.updated_ago()
-    if age is not None and 0 <= age < max_age and any(archive.lists_dir.glob("*_Packages*")):
-        reporter.step("archive", f"package index fetched {age / 60:.0f} min ago")
-        return True
+    """Refresh the index (see Archive.refresh); returns True if the refresh was skipped."""
     try:
-        reporter.step("archive", f"{archive.mirror} {archive.suite}")
-        archive.update()
+        return archive.refresh(reporter, max_age)
     except ArchiveFailure as e:
-        if not any(archive.lists_dir.glob("*_Packages*")):
-            raise ArchiveError(
-                f"{e.message}, and no package index is cached",
-                "layering needs the archive once; check the network",
-            ) from e
-        reporter.step("archive", f"{e.message}; using the cached package index")
-    return False
+        if e.key != "mirror":
+            raise
+        raise ArchiveError(
+            f"{e.message}, and no package index is cached",
+            "layering needs the archive once; check the network",
+        ) from e
 
 
 def _prepare_var(merged: Path) -> list[str]:

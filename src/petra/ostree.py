@@ -225,14 +225,15 @@ class Repo:
             raise
         return str(checksum)
 
-    def checkout(self, checksum: str, dest: Path) -> None:
-        """Check out `checksum` to a new directory `dest`, hardlinking files from the repo.
-
-        Never write into such a checkout's files in place: they are the repo's objects.
+    def checkout(self, checksum: str, dest: Path, *, copy: bool = False) -> None:
+        """Check out `checksum` to a new directory `dest`, hardlinking files from the repo
+        (never write into such a checkout's files in place: they are the repo's objects), or,
+        with `copy`, as files of its own that share nothing with the repo.
         """
         options = OSTree.RepoCheckoutAtOptions()
         options.mode = OSTree.RepoCheckoutMode.NONE
         options.overwrite_mode = OSTree.RepoCheckoutOverwriteMode.NONE
+        options.force_copy = copy
         try:
             self._repo.checkout_at(options, -100, str(dest), checksum, None)  # AT_FDCWD
         except GLib.Error as e:

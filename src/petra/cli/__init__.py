@@ -8,14 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from petra import __version__
-from petra.cli import compose as compose_cli
-from petra.cli import demo as demo_cli
-from petra.cli import device as device_cli
-from petra.cli import machine as machine_cli
 from petra.errors import PetraError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(words: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The whole command line; for `petra box ...` only the box verbs, so that running a command
+    in a box does not load the ostree bindings and compose machinery first."""
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: given before or after the command, the flag is kept (no default overwrites it)
     common.add_argument(
@@ -31,17 +29,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"petra {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    compose_cli.register(sub, common)
-    device_cli.register(sub, common)
-    machine_cli.register(sub, common)
-    demo_cli.register(sub, common)
+    from petra.cli import box as box_cli
+
+    if "box" not in words:
+        from petra.cli import compose as compose_cli
+        from petra.cli import demo as demo_cli
+        from petra.cli import device as device_cli
+        from petra.cli import machine as machine_cli
+
+        compose_cli.register(sub, common)
+        device_cli.register(sub, common)
+        machine_cli.register(sub, common)
+        demo_cli.register(sub, common)
+    box_cli.register(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code. User errors print one line (traceback with --debug)."""
-    parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
+    first = next((w for w in words if not w.startswith("-")), "")
+    parser = build_parser([first])
     # Everything after the first "--" is a command to run (vm run, enter), never parsed:
     # argparse's own "--" handling does not reach into nested subcommands.
     tail = None
@@ -51,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     if tail is not None:
         if not hasattr(args, "command") or not isinstance(args.command, list):
-            parser.error("'--' is only for commands that run a command (vm run, enter)")
+            parser.error("'--' is only for commands that run a command (vm run, enter, box run)")
         args.command = [*args.command, *tail]
     debug = bool(getattr(args, "debug", False)) or os.environ.get("PETRA_DEBUG") == "1"
     try:

@@ -2,8 +2,8 @@
 
 compose → deploy into a sysroot → status → enter (a write to /usr is refused) → compose a new
 version with one more package → upgrade → status → rollback → status → layer the package onto
-the rolled-back default → status → build a disk image of the ref → boot it in qemu and run
-`petra status` inside.
+the rolled-back default → status → a box of Debian bookworm, a command run in it → build a
+disk image of the ref → boot it in qemu and run `petra status` inside.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from petra import image, inspect, layering, vm
+from petra import box, image, inspect, layering, vm
 from petra import sysroot as device
+from petra.cli import box as box_cli
 from petra.cli.device import print_status
 from petra.cli.output import human_size, reporter_for
 from petra.compose import compose
 from petra.compose.cache import default_cache_dir
 from petra.ostree import Repo, Sysroot
-from petra.spec import load_spec
+from petra.reporting import Reporter
+from petra.spec import FALLBACK_MIRROR, host_architecture, load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 EXTRA_PACKAGE = "htop"
@@ -104,6 +106,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _status(sysroot)
     _enter(sysroot, f"command -v {EXTRA_PACKAGE}")
 
+    _box(sysroot, cache, reporter)
+
     disk = workdir / "petra.img"
     _say(f"boot it: a disk image of {result.ref} (GRUB for BIOS), booted in qemu")
     _shell(f"petra image build --repo {repo_path} {result.ref} -o {disk} --force")
@@ -118,6 +122,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
         + str(sysroot_path)
     )
     return 0
+
+
+def _box(sysroot: Sysroot, cache: Path, reporter: Reporter) -> None:
+    """A box of another suite in the sysroot's /var, and a command run in it."""
+    name = "bookworm"
+    boxes = box_cli.boxes_of(sysroot.path)
+    _say("a box: Debian bookworm beside the trixie system, kept in its /var")
+    _shell(f"petra box create --sysroot {sysroot.path} {name} --suite bookworm")
+    if name in [b.name for b in boxes.list()]:
+        print(f"  (box {name} is there from an earlier run)")
+    else:
+        made, build = box.create(
+            boxes,
+            name,
+            suite="bookworm",
+            packages=(),
+            network=True,
+            mirror=FALLBACK_MIRROR,
+            architecture=host_architecture(),
+            cache_dir=cache,
+            reporter=reporter,
+        )
+        print(f"  box {made.name}: Debian {made.suite} ({build} package tree)")
+    line = "cat /etc/debian_version; . /etc/os-release; echo $PRETTY_NAME"
+    _shell(f"petra box run --sysroot {sysroot.path} {name} -- sh -c {shlex.quote(line)}")
+    made = boxes.get(name)
+    argv = box.bwrap_argv(made, ["sh", "-c", line], box.Caller.current(), network=made.network)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    print(textwrap.indent((proc.stdout + proc.stderr).rstrip(), "  "))
+    print(f"  (exit {proc.returncode})")
 
 
 def _describe(repo: Repo, checksum: str, ref: str) -> None:

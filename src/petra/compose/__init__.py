@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +120,50 @@ def compose(
                     repo.import_commit(cache_repo, checksum)
                     repo.set_ref(spec.ref, checksum)
     return ComposeResult(spec.ref, checksum, True, build, packages, time.monotonic() - start)
+
+
+def package_tree_copy(spec: Spec, dest: Path, *, cache_dir: Path, reporter: Reporter) -> str:
+    """Make `dest` a plain Debian root of `spec`'s packages (no conventions), with the
+    archive's index in place, as a copy that shares no file with the cache. The tree comes from
+    the cache's package trees, built first if new (cold: mmdebstrap; warm: apt on a cached tree
+    of a subset, with hardlinks). Returns "cached", "incremental" or "cold".
+
+    Raises ArchiveFailure for an unreachable mirror, an unknown suite or package (nothing is
+    written at `dest` then), ToolError if the build fails, LockedError if a compose holds the
+    cache. Needs root and a private mount namespace (which it makes).
+    """
+    cache_dir = cache_dir.absolute()
+    mounts.private_mount_namespace()
+    cache = BuildCache(cache_dir)
+    with cache.locked():
+        archive = Archive(spec.mirror, spec.suite, spec.architecture, cache_dir)
+        archive.refresh(reporter)  # offline, the cached index does
+        requested = rootfs.requested_packages(spec)
+        with timed_step(reporter, "resolve", f"{len(requested)} requested") as r:
+            debs = archive.resolve(requested, spec.exclude_packages)
+            r["detail"] = f"{len(debs)} packages"
+        cache_repo = cache.repo()
+        key = rootfs.tree_key(rootfs.base_key(spec), debs, requested)
+        raw = cache_repo.refs("raw").get(f"raw/{key}")
+        build = "cached"
+        if raw is None:  # build it: download what it needs, then mmdebstrap or apt
+            with cache.workdir() as work:
+                with timed_step(reporter, "download") as r:
+                    archives = work / "archives"
+                    fetched = archive.fetch(debs, archives, reporter)
+                    r["detail"] = f"{fetched} downloaded, {len(debs) - fetched} from the cache"
+                epoch = newest_build_time([archives / d.filename for d in debs])
+                raw, build = _package_tree(
+                    spec, archive, debs, requested, archives, epoch, cache_repo, work, reporter
+                )
+        with timed_step(reporter, "copy", f"package tree {raw[:12]}"):
+            cache_repo.checkout(raw, dest, copy=True)
+            lists = dest / "var/lib/apt/lists"
+            lists.mkdir(parents=True, exist_ok=True)
+            for index in archive.lists_dir.glob("*_*"):
+                if index.is_file():
+                    shutil.copyfile(index, lists / index.name)
+    return build
 
 
 def _package_tree(
