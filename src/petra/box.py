@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from petra.errors import LockedError, PetraError, UsageError
-from petra.sandbox import DEFAULT_PATH
+from petra.sandbox import DEFAULT_PATH, Bind, Sandbox
 
 if TYPE_CHECKING:  # run and enter start fast: no ostree bindings, no compose machinery
     from petra.archive import ArchiveFailure
@@ -255,34 +255,25 @@ def bwrap_argv(
     cwd: str | None = None,
 ) -> list[str]:
     """The bubblewrap command line that runs `command` in `box` as `caller`."""
-    args = ["bwrap", "--bind", str(box.root), "/", "--dev", "/dev", "--proc", "/proc"]
-    args += ["--tmpfs", "/run", "--perms", "1777", "--tmpfs", "/tmp"]
+    binds = []
     if caller.home != Path("/") and caller.home.is_dir():
-        args += ["--bind", str(caller.home), str(caller.home)]
+        binds.append(Bind(caller.home, str(caller.home)))
     if network:
         for name in ("resolv.conf", "hosts"):
             host = Path("/etc") / name
             if host.exists():
-                args += ["--ro-bind", str(host.resolve()), f"/etc/{name}"]
+                binds.append(Bind(host.resolve(), f"/etc/{name}", read_only=True))
     x11 = Path("/tmp/.X11-unix")
     if x11.is_dir():
-        args += ["--ro-bind", str(x11), str(x11)]
+        binds.append(Bind(x11, str(x11), read_only=True))
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if caller.uid != 0 and runtime and Path(runtime).is_dir():
-        args += ["--bind", runtime, runtime]
+        binds.append(Bind(Path(runtime), runtime))
+    data = []
     if passwd_fd is not None:
-        args += ["--ro-bind-data", str(passwd_fd), "/etc/passwd"]
+        data.append((passwd_fd, "/etc/passwd"))
     if group_fd is not None:
-        args += ["--ro-bind-data", str(group_fd), "/etc/group"]
-    args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-    args += ["--hostname", box.name]
-    if not network:
-        args.append("--unshare-net")
-    if caller.uid == 0:
-        args += ["--cap-drop", "ALL"]
-        for cap in ROOT_CAPABILITIES:
-            args += ["--cap-add", cap]
-    args += ["--die-with-parent", "--clearenv"]
+        data.append((group_fd, "/etc/group"))
     env = {
         "PATH": DEFAULT_PATH,
         "HOME": str(caller.home),
@@ -297,11 +288,19 @@ def bwrap_argv(
             env[key] = os.environ[key]
     env.setdefault("LANG", "C.UTF-8")
     env.setdefault("TERM", "dumb")
-    for key, value in sorted(env.items()):
-        args += ["--setenv", key, value]
-    args += ["--chdir", cwd or working_dir(caller)]
+    sandbox = Sandbox(
+        root=box.root,
+        binds=tuple(binds),
+        network=network,
+        capabilities=ROOT_CAPABILITIES if caller.uid == 0 else None,
+        hostname=box.name,
+        data=tuple(data),
+        env=env,
+        default_env=False,
+    )
     # exec through a shell so a missing command says so and exits 127, as a shell would
-    return [*args, "--", "/bin/sh", "-c", 'exec "$0" "$@"', *command]
+    command = ["/bin/sh", "-c", 'exec "$0" "$@"', *command]
+    return sandbox.argv(command, cwd=cwd or working_dir(caller))
 
 
 def working_dir(caller: Caller) -> str:

@@ -34,6 +34,12 @@ class Sandbox:
     host_devices: bool = False
     tmpfs: tuple[str, ...] = ()  # more empty tmpfs mounts (besides /run and /tmp)
     env: Mapping[str, str] = field(default_factory=dict)
+    # Only these capabilities (for root; None: all with `privileged`, else bwrap's default).
+    capabilities: tuple[str, ...] | None = None
+    hostname: str | None = None
+    data: tuple[tuple[int, str], ...] = ()  # (fd, path): a read-only file with the fd's content
+    # The variables set when `env` does not (PATH, HOME, LC_ALL, TERM); False: only `env`.
+    default_env: bool = True
 
     def argv(self, command: Sequence[str], cwd: str = "/") -> list[str]:
         """The full bwrap argv that runs `command` in this sandbox."""
@@ -58,19 +64,22 @@ class Sandbox:
             args += ["--tmpfs", path]
         for bind in self.binds:
             args += ["--ro-bind" if bind.read_only else "--bind", str(bind.source), bind.target]
+        for fd, target in self.data:
+            args += ["--ro-bind-data", str(fd), target]
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        if self.hostname:
+            args += ["--hostname", self.hostname]
         if not self.network:
             args.append("--unshare-net")
         args += ["--die-with-parent", "--chdir", cwd, "--clearenv"]
-        if self.privileged:
+        if self.capabilities is not None:
+            args += ["--cap-drop", "ALL"]
+            for cap in self.capabilities:
+                args += ["--cap-add", cap]
+        elif self.privileged:
             args += ["--cap-add", "ALL"]
-        env = {
-            "PATH": DEFAULT_PATH,
-            "HOME": "/root",
-            "LC_ALL": "C.UTF-8",
-            "TERM": "dumb",
-            **self.env,
-        }
+        defaults = {"PATH": DEFAULT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8", "TERM": "dumb"}
+        env = {**(defaults if self.default_env else {}), **self.env}
         for key, value in sorted(env.items()):
             args += ["--setenv", key, value]
         return [*args, "--", *command]
