@@ -9,7 +9,7 @@ namespaces, the caller's uid and gid, the caller's home shared read-write, the h
 unless the box was made without it. Nothing of the host's file system but the home, the
 resolver's configuration and the X11 socket directory is visible.
 
-    boxes/NAME/box.json   what it is (suite, packages, network, created, exports)
+    boxes/NAME/box.json   what it is (suite, packages, network, created)
     boxes/NAME/root/      the box's root
     boxes/NAME/lock       held shared by every command running in the box (rm needs it free)
     boxes/NAME/used       its mtime: when the box was last used
@@ -32,10 +32,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from petra import locks, tree
 from petra.errors import LockedError, PetraError, UsageError
 from petra.sandbox import DEFAULT_PATH, Bind, Sandbox
 
@@ -94,7 +95,6 @@ class Box:
     packages: tuple[str, ...]
     network: bool
     created: float
-    exports: dict[str, list[str]] = field(default_factory=dict)  # app -> files petra wrote
 
     @property
     def root(self) -> Path:
@@ -128,7 +128,6 @@ class Box:
             "packages": list(self.packages),
             "network": self.network,
             "created": self.created,
-            "exports": self.exports,
         }
 
     def save(self) -> None:
@@ -149,7 +148,6 @@ class Box:
             packages=tuple(data.get("packages", ())),
             network=bool(data.get("network", True)),
             created=float(data.get("created", 0)),
-            exports={str(k): list(v) for k, v in data.get("exports", {}).items()},
         )
 
 
@@ -187,26 +185,12 @@ class Boxes:
         """Hold the lock that orders create and rm (a box is made or removed by one at a time);
         leftovers of killed creates and removes are cleaned under it."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as e:
-                raise LockedError(
-                    "another petra box create or rm is running", "wait for it and retry"
-                ) from e
-            for stale in self.path.glob(".new-*"):
-                remove_tree(stale)
-            for stale in self.path.glob(".rm-*"):
-                remove_tree(stale)
+        with locks.exclusive(
+            self.path / ".lock", "another petra box create or rm is running", "wait and retry"
+        ):
+            for stale in [*self.path.glob(".new-*"), *self.path.glob(".rm-*")]:
+                tree.remove_tree(stale)
             yield
-        finally:
-            os.close(fd)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a directory tree without crossing into anything mounted below it."""
-    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False, timeout=1800)
 
 
 # --- running commands in a box ---------------------------------------------------------------
@@ -508,6 +492,7 @@ def create(
     """
     from petra.archive import ArchiveFailure
     from petra.compose import package_tree_copy
+    from petra.layering import check_name as check_package
 
     check_name(name)
     for package in packages:
@@ -547,7 +532,7 @@ def create(
             box.save()
             os.rename(staging, final)
         except BaseException:
-            remove_tree(staging)
+            tree.remove_tree(staging)
             raise
     return Box.load(final), build
 
@@ -575,12 +560,6 @@ def box_spec(
         files=(),
         users=(),
     )
-
-
-def check_package(name: str) -> None:
-    """UsageError unless `name` is a Debian package name."""
-    if not re.match(r"^[a-z0-9][a-z0-9+.-]+$", name):
-        raise UsageError(f"'{name}' is not a package name", "Debian names: a-z, 0-9, + - .")
 
 
 def _box_archive_error(e: ArchiveFailure, suite: str, mirror: str) -> PetraError:
@@ -615,7 +594,7 @@ def remove(boxes: Boxes, name: str, *, force: bool, home: Path) -> None:
                 path.unlink()
         going = boxes.path / f".rm-{name}-{os.getpid()}"
         os.rename(box.path, going)
-        remove_tree(going)
+        tree.remove_tree(going)
 
 
 def find_command(box: Box, app: str) -> str | None:

@@ -316,13 +316,13 @@ def _workdir(repo: Repo) -> Iterator[Path]:
     # (its overlay was in that process's mount namespace and went with it).
     parent = repo.path / "tmp"
     for stale in parent.glob("petra-layer-*"):
-        subprocess.run(["rm", "-rf", "--one-file-system", str(stale)], check=False, timeout=600)
+        tree.remove_tree(stale)
     work = Path(tempfile.mkdtemp(prefix="petra-layer-", dir=parent))
     try:
         yield work
     finally:
         # The overlay is unmounted by now (its context has exited); nothing is mounted below.
-        subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False, timeout=600)
+        tree.remove_tree(work)
 
 
 def _indices(archive: Archive, reporter: Reporter, max_age: float) -> bool:

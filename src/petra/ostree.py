@@ -6,7 +6,6 @@ libostree's. Errors become RepoError with a hint.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import gi
 gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
+from petra import locks  # noqa: E402
 from petra.errors import LockedError, RepoError  # noqa: E402
 from petra.freeze import thaw_guard  # noqa: E402
 from petra.run import run  # noqa: E402
@@ -93,17 +93,10 @@ class Repo:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold an exclusive petra lock on this repo (other petra writers fail fast)."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as e:
-                raise LockedError(
-                    f"{self.path} is in use by another petra process", "wait for it to finish"
-                ) from e
+        with locks.exclusive(
+            self.path, f"{self.path} is in use by another petra process", "wait for it to finish"
+        ):
             yield
-        finally:
-            os.close(fd)
 
     # --- refs and commits ------------------------------------------------------------------
 

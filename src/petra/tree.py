@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 _OVERLAY_XATTR = "trusted.overlay."
@@ -21,6 +22,12 @@ def remove(path: Path) -> None:
         path.unlink()
     elif path.is_dir():
         shutil.rmtree(path)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree if present, never crossing into a file system mounted below it
+    (`rm --one-file-system`); what is mounted there stays."""
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False, timeout=1800)
 
 
 def write_file(

@@ -113,14 +113,15 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exec(box: boxes_.Box, command: list[str]) -> int:
+def _exec(box: boxes_.Box, command: list[str], network: bool | None = None) -> int:
+    """Become bwrap running `command` in the box (network: the box's own setting if None)."""
     caller = boxes_.Caller.current()
     passwd, group = boxes_.identity_files(box, caller)
     argv = boxes_.bwrap_argv(
         box,
         command,
         caller,
-        network=box.network,
+        network=box.network if network is None else network,
         passwd_fd=boxes_.data_fd(passwd) if passwd else None,
         group_fd=boxes_.data_fd(group) if group else None,
     )
@@ -166,21 +167,19 @@ def cmd_unexport(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    found = boxes_of(args.sysroot).list()
-    rows = [{**b.to_json(), "size": b.size(), "used": b.used} for b in found]
+    found = [(b, b.size()) for b in boxes_of(args.sysroot).list()]
     if args.json:
-        print_json(rows)
+        print_json([{**b.to_json(), "size": size, "used": b.used} for b, size in found])
         return 0
-    if not rows:
+    if not found:
         print("no boxes; make one with: petra box create NAME")
         return 0
     print(f"{'NAME':16} {'SUITE':9} {'SIZE':>9}  {'CREATED':23}  {'LAST USED':23}  PACKAGES")
-    for b, row in zip(found, rows, strict=True):
+    for b, size in found:
         network = "" if b.network else " (no network)"
         print(
-            f"{b.name:16} {b.suite:9} {human_size(int(str(row['size']))):>9}  "
-            f"{date(int(b.created)):23}  {date(int(b.used)):23}  "
-            f"{', '.join(b.packages) or '-'}{network}"
+            f"{b.name:16} {b.suite:9} {human_size(size):>9}  {date(int(b.created)):23}  "
+            f"{date(int(b.used)):23}  {', '.join(b.packages) or '-'}{network}"
         )
     return 0
 
@@ -192,17 +191,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         "export DEBIAN_FRONTEND=noninteractive; apt-get update -q"
         " && apt-get full-upgrade -y -q -oDPkg::Options::=--force-confold"
     )
-    return _exec_with_network(box, ["/bin/sh", "-c", script])
-
-
-def _exec_with_network(box: boxes_.Box, command: list[str]) -> int:
     # An upgrade reaches the archive even in a box made without network.
-    caller = boxes_.Caller.current()
-    argv = boxes_.bwrap_argv(box, command, caller, network=True)
-    boxes_.holds_lock(box)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execvp(argv[0], argv)  # noqa: S606
+    return _exec(box, ["/bin/sh", "-c", script], network=True)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

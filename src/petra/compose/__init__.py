@@ -85,11 +85,7 @@ def compose(
                     time.monotonic() - start,
                 )
         with cache.workdir() as work:
-            with timed_step(reporter, "download") as r:
-                archives = work / "archives"
-                fetched = archive.fetch(debs, archives, reporter)
-                r["detail"] = f"{fetched} downloaded, {len(debs) - fetched} from the cache"
-            epoch = newest_build_time([archives / d.filename for d in debs])
+            archives, epoch = _download(archive, debs, work, reporter)
             cache_repo = cache.repo()
             raw, build = _package_tree(
                 spec, archive, debs, requested, archives, epoch, cache_repo, work, reporter
@@ -148,11 +144,7 @@ def package_tree_copy(spec: Spec, dest: Path, *, cache_dir: Path, reporter: Repo
         build = "cached"
         if raw is None:  # build it: download what it needs, then mmdebstrap or apt
             with cache.workdir() as work:
-                with timed_step(reporter, "download") as r:
-                    archives = work / "archives"
-                    fetched = archive.fetch(debs, archives, reporter)
-                    r["detail"] = f"{fetched} downloaded, {len(debs) - fetched} from the cache"
-                epoch = newest_build_time([archives / d.filename for d in debs])
+                archives, epoch = _download(archive, debs, work, reporter)
                 raw, build = _package_tree(
                     spec, archive, debs, requested, archives, epoch, cache_repo, work, reporter
                 )
@@ -164,6 +156,18 @@ def package_tree_copy(spec: Spec, dest: Path, *, cache_dir: Path, reporter: Repo
                 if index.is_file():
                     shutil.copyfile(index, lists / index.name)
     return build
+
+
+def _download(
+    archive: Archive, debs: list[Deb], work: Path, reporter: Reporter
+) -> tuple[Path, int]:
+    """Every deb of `debs` in work/archives (from the store, else the archive); returns that
+    directory and the build date of its newest package (the build's SOURCE_DATE_EPOCH)."""
+    with timed_step(reporter, "download") as r:
+        archives = work / "archives"
+        fetched = archive.fetch(debs, archives, reporter)
+        r["detail"] = f"{fetched} downloaded, {len(debs) - fetched} from the cache"
+    return archives, newest_build_time([archives / d.filename for d in debs])
 
 
 def _package_tree(

@@ -9,7 +9,6 @@ Layout under the cache directory:
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import tempfile
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from petra.errors import LockedError
+from petra import locks
 from petra.ostree import Repo
 
 
@@ -38,19 +37,13 @@ class BuildCache:
     def locked(self) -> Iterator[None]:
         """Hold the cache's exclusive lock (one compose per cache at a time); clean stale work."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as e:
-                raise LockedError(
-                    f"the compose cache {self.path} is in use",
-                    "wait for the other compose, or pass another --cache",
-                ) from e
+        with locks.exclusive(
+            self.path / "lock",
+            f"the compose cache {self.path} is in use",
+            "wait for the other compose, or pass another --cache",
+        ):
             self._remove_stale_work()
             yield
-        finally:
-            os.close(fd)
 
     def repo(self) -> Repo:
         return Repo.open_or_create(self.path / "repo", mode="bare")
