@@ -9,7 +9,7 @@ second deployment, and the thaw guard's cost per command.
 Layering: `petra install htop` (already downloaded) on the deployed server tree, split into
 prepare, apt/dpkg, commit and deploy, against apt-get install in a plain copy of the tree.
 Boxes: `petra box create` cold (vs plain mmdebstrap of the same packages) and warm, and `petra
-box run -- /bin/true` against bare bwrap.
+box run -- /bin/true` and an exported launcher of /bin/true against bare bwrap.
 Boot: `petra image build` of the server commit (time, disk and used size), and `petra vm run --
 true` under TCG: qemu start to the command's result and to power-off, with the boot's milestones
 as the console shows them; which accelerator `--accel auto` picks on this machine.
@@ -48,9 +48,9 @@ LAYER_PACKAGE = "htop"
 Row = tuple[str, str, str]
 
 
-def timed(argv: list[str]) -> tuple[float, str]:
+def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     start = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     seconds = time.monotonic() - start
     if proc.returncode != 0:
         print(f"bench: {' '.join(argv)} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -248,8 +248,15 @@ def box_rows(petra: list[str], work: Path, suite: str, mirror: str) -> list[Row]
     bare = ["bwrap", "--bind", str(root), "/", "--dev", "/dev", "--proc", "/proc",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--", "/bin/true"]  # fmt: skip
     box = [*petra, "box", "run", "--sysroot", str(sysroot), "second", "--", "/bin/true"]
+    home = work / "box-home"  # `petra box export second true`: ~/.local/bin/true, a launcher
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    subprocess.run([*petra, "box", "export", "--sysroot", str(sysroot), "second", "true"],
+                   check=True, capture_output=True, env=env)  # fmt: skip
+    launcher = [str(home / ".local/bin/true")]
     bare_s = statistics.median(timed(bare)[0] for _ in range(20))
     box_s = statistics.median(timed(box)[0] for _ in range(20))
+    launcher_s = statistics.median(timed(launcher, env)[0] for _ in range(20))
     return [
         ("petra box create, cold (empty cache)", f"{cold:.1f} s",
          f"{cold / plain:.2f}x plain mmdebstrap of the same packages ({plain:.1f} s)"),
@@ -257,6 +264,8 @@ def box_rows(petra: list[str], work: Path, suite: str, mirror: str) -> list[Row]
         ("petra box run -- /bin/true", f"{box_s * 1000:.0f} ms",
          f"median of 20; {box_s / bare_s:.0f}x bare bwrap ({bare_s * 1000:.1f} ms) "
          "(goal <= 1.5x)"),
+        ("exported launcher (petra box export) of /bin/true", f"{launcher_s * 1000:.1f} ms",
+         f"median of 20; {launcher_s / bare_s:.2f}x bare bwrap (goal <= 1.5x)"),
     ]  # fmt: skip
 
 

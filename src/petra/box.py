@@ -9,9 +9,9 @@ namespaces, the caller's uid and gid, the caller's home shared read-write, the h
 unless the box was made without it. Nothing of the host's file system but the home, the
 resolver's configuration and the X11 socket directory is visible.
 
-    boxes/NAME/box.json   what it is (suite, packages, network, created)
+    boxes/NAME/box.json   what it is (suite, packages, network, created, the cache's tree)
     boxes/NAME/root/      the box's root
-    boxes/NAME/lock       held shared by every command running in the box (rm needs it free)
+    boxes/NAME/lock       kept open by every command running in the box (rm needs it closed)
     boxes/NAME/used       its mtime: when the box was last used
 
 A box appears under its name only when it is complete: `create` builds it in
@@ -22,7 +22,7 @@ of a killed create or rm are removed by the next create or rm.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import dataclasses
 import json
 import os
 import pwd
@@ -31,7 +31,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,6 +95,7 @@ class Box:
     packages: tuple[str, ...]
     network: bool
     created: float
+    tree: str = ""  # the compose cache's package tree (a commit) the root was copied from
 
     @property
     def root(self) -> Path:
@@ -128,6 +129,7 @@ class Box:
             "packages": list(self.packages),
             "network": self.network,
             "created": self.created,
+            "tree": self.tree,
         }
 
     def save(self) -> None:
@@ -148,6 +150,7 @@ class Box:
             packages=tuple(data.get("packages", ())),
             network=bool(data.get("network", True)),
             created=float(data.get("created", 0)),
+            tree=str(data.get("tree", "")),
         )
 
 
@@ -217,11 +220,10 @@ class Caller:
         return cls(uid, gid, name, Path(os.environ.get("HOME") or home), shell)
 
 
-def holds_lock(box: Box) -> int:
-    """Open the box's lock and hold it shared; returns the fd, inheritable, so the command
-    started in the box keeps the box in use for as long as it runs."""
+def hold(box: Box) -> int:
+    """Open the box's lock file and return the fd, inheritable: the command started in the box
+    keeps it open, and so the box in use, for as long as it runs (rm looks for such fds)."""
     fd = os.open(box.path / "lock", os.O_RDONLY | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_SH)
     os.set_inheritable(fd, True)
     with contextlib.suppress(OSError):  # a caller who may not write it leaves it as it was
         os.utime(box.path / "used")
@@ -237,8 +239,12 @@ def bwrap_argv(
     passwd_fd: int | None = None,
     group_fd: int | None = None,
     cwd: str | None = None,
+    passed_env: Mapping[str, str] | None = None,
+    direct: bool = False,
 ) -> list[str]:
-    """The bubblewrap command line that runs `command` in `box` as `caller`."""
+    """The bubblewrap command line that runs `command` in `box` as `caller`. The variables of
+    PASSED_ENV come from `passed_env` (default: this process's environment). `direct` execs
+    the command itself; else a shell does, so that a missing command exits 127."""
     binds = []
     if caller.home != Path("/") and caller.home.is_dir():
         binds.append(Bind(caller.home, str(caller.home)))
@@ -267,9 +273,10 @@ def bwrap_argv(
         "container": "petra-box",
         "PETRA_BOX": box.name,
     }
+    passed = os.environ if passed_env is None else passed_env
     for key in PASSED_ENV:
-        if os.environ.get(key):
-            env[key] = os.environ[key]
+        if passed.get(key):
+            env[key] = passed[key]
     env.setdefault("LANG", "C.UTF-8")
     env.setdefault("TERM", "dumb")
     sandbox = Sandbox(
@@ -282,8 +289,8 @@ def bwrap_argv(
         env=env,
         default_env=False,
     )
-    # exec through a shell so a missing command says so and exits 127, as a shell would
-    command = ["/bin/sh", "-c", 'exec "$0" "$@"', *command]
+    if not direct:  # exec through a shell: a missing command says so and exits 127
+        command = ["/bin/sh", "-c", 'exec "$0" "$@"', *command]
     return sandbox.argv(command, cwd=cwd or working_dir(caller))
 
 
@@ -333,57 +340,47 @@ def data_fd(text: str) -> int:
 
 def processes_in(box: Box) -> list[int]:
     """Pids of the processes that run in the box: those whose root directory is the box's root
-    (compared by inode: inside its mount namespace the path reads "/"), and those holding its
-    lock (bwrap, which started them). What `rm --force` stops."""
+    (compared by inode: inside its mount namespace the path reads "/"), and those with its lock
+    file open (bwrap, which started them, and what inherited it). What `rm` looks for, and
+    what `rm --force` stops. Complete only for root (other users' /proc entries are hidden)."""
     try:
         root = os.stat(box.root)
         lock = os.stat(box.path / "lock")
     except FileNotFoundError:
         return []
+    wanted = {(root.st_dev, root.st_ino), (lock.st_dev, lock.st_ino)}
     pids = set()
-    for entry in Path("/proc").iterdir():
+    for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            seen = os.stat(entry / "root")
-            if (seen.st_dev, seen.st_ino) == (root.st_dev, root.st_ino):
+            seen = os.stat(f"/proc/{entry.name}/root")
+            if (seen.st_dev, seen.st_ino) in wanted:
                 pids.add(int(entry.name))
-    # /proc/locks: "1: FLOCK  ADVISORY  READ 1234 fd:01:56789 0 EOF" (major:minor in hex)
-    held = f"{os.major(lock.st_dev):02x}:{os.minor(lock.st_dev):02x}:{lock.st_ino}"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/locks").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 5 and fields[5] == held and fields[4].isdigit():
-                pids.add(int(fields[4]))
+                continue
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                with contextlib.suppress(OSError):
+                    opened = os.stat(fd.path)
+                    if (opened.st_dev, opened.st_ino) == (lock.st_dev, lock.st_ino):
+                        pids.add(int(entry.name))
+                        break
     pids.discard(os.getpid())
     return sorted(pids)
 
 
 def stop_processes(box: Box, timeout: float = 30.0) -> None:
-    """SIGKILL every process in the box and wait (bounded) until its lock is free."""
-    for pid in processes_in(box):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    """SIGKILL every process in the box, again until none is left (bounded by `timeout`)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not in_use(box):
-            return
-        for pid in processes_in(box):
+    while (pids := processes_in(box)) and time.monotonic() < deadline:
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
 
 
 def in_use(box: Box) -> bool:
-    """True while some command runs in the box (its lock is held)."""
-    fd = os.open(box.path / "lock", os.O_RDONLY | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    """True while some process runs in the box or has its lock file open."""
+    return bool(processes_in(box))
 
 
 # --- what the commands do -------------------------------------------------------------------
@@ -406,16 +403,81 @@ def prepare_root(root: Path, name: str) -> None:
     resolv.write_text("")
 
 
-def launcher_text(box: Box, app: str, petra_argv: Sequence[str], where: Sequence[str] = ()) -> str:
-    """The script `export` writes to ~/.local/bin/APP: `petra_argv` runs petra, `where` are
-    the options that find the box (--sysroot)."""
+def launcher_text(
+    box: Box,
+    app: str,
+    caller: Caller,
+    petra_argv: Sequence[str],
+    where: Sequence[str] = (),
+    launcher: Path | None = None,
+) -> str:
+    """The script `export` writes to ~/.local/bin/APP for `caller`. `petra_argv` runs petra,
+    `where` are the options that find the box (--sysroot).
+
+    Its fast path starts bubblewrap itself, with the command line `petra box run` would build
+    (a shell script starts in about a millisecond, Python in tens): it keeps the box's lock
+    file open, marks the box used, follows the caller's directory and passes the same
+    variables. It takes `petra box run` instead when anything it was made from changed: the
+    box gone, the box's passwd or group newer than the launcher, a bound path missing, another
+    home."""
+    path = find_command(box, app) or app
+    passwd, group = identity_files(box, caller)
+    here = "\0here\0"  # stands for the directory chosen at run time
+    argv = bwrap_argv(
+        box,
+        [path],
+        caller,
+        network=box.network,
+        passwd_fd=7 if passwd else None,
+        group_fd=8 if group else None,
+        cwd=here,
+        passed_env={},
+        direct=True,
+    )
+    words = [shlex.quote(a) if a != here else '"$here"' for a in argv[: argv.index("--")]]
+    for key in PASSED_ENV:
+        words.append(f'${{{key}:+--setenv {key} "${key}"}}')
+    words += ["--", shlex.quote(path), '"$@"']
+    bodies = ""  # the here-documents of the fds that show passwd and group
+    if passwd:
+        words.append("7<<'PETRA-PASSWD'")
+        bodies += passwd + "PETRA-PASSWD\n"
+    if group:
+        words.append("8<<'PETRA-GROUP'")
+        bodies += group + "PETRA-GROUP\n"
+    home = shlex.quote(str(caller.home))
+    checks = [
+        '[ -d "$box/root" ]',
+        '[ -r "$box/lock" ]',
+        f'[ "$HOME" = {home} ]',
+        *(f'[ ! "$box/root/etc/{f}" -nt {shlex.quote(str(launcher))} ]' for f in
+          ("passwd", "group") if launcher),
+        *(f"[ -e {shlex.quote(a)} ]" for a in _bound_sources(argv)),
+    ]  # fmt: skip
     call = shlex.join([*petra_argv, "box", "run", *where, box.name, "--", app])
     return (
         "#!/bin/sh\n"
-        f"# Made by petra box export: runs {app} in the box {box.name}.\n"
+        f"# Made by petra box export: runs {app} in the box {box.name} as {caller.name}.\n"
         f"# petra-box: {box.name} {app}\n"
+        f"box={shlex.quote(str(box.path))}\n"
+        f"if {' && '.join(checks)}; then\n"
+        '    exec 9<"$box/lock"  # open while the box is in use\n'
+        '    : >"$box/used" 2>/dev/null\n'
+        f'    case $PWD in {home} | {home}/*) here=$PWD ;; *) here={home} ;; esac\n'
+        f"    exec {' '.join(words)}\n"
+        f"{bodies}"
+        "fi\n"
         f'exec {call} "$@"\n'
     )
+
+
+def _bound_sources(argv: Sequence[str]) -> list[str]:
+    """The host paths a bwrap command line binds (each must exist when it runs)."""
+    return [
+        argv[i + 1]
+        for i, a in enumerate(argv[: argv.index("--")])
+        if a in ("--bind", "--ro-bind") and i > 1
+    ]
 
 
 def desktop_text(source: str, box: Box, launcher: Path) -> str:
@@ -510,7 +572,7 @@ def create(
         try:
             spec = box_spec(name, suite, packages, mirror, architecture)
             try:
-                build = package_tree_copy(
+                build, raw = package_tree_copy(
                     spec, staging / "root", cache_dir=cache_dir, reporter=reporter
                 )
             except ArchiveFailure as e:
@@ -528,6 +590,7 @@ def create(
                 tuple(sorted(set(packages))),
                 network,
                 time.time(),
+                raw,
             )
             box.save()
             os.rename(staging, final)
@@ -579,22 +642,35 @@ def remove(boxes: Boxes, name: str, *, force: bool, home: Path) -> None:
     box = boxes.get(name)
     require_root(f"rm {name}")
     with boxes.locked():
-        if in_use(box):
-            if not force:
-                count = len(processes_in(box))
-                raise UsageError(
-                    f"box {name} is in use ({count} process{'es' if count != 1 else ''})",
-                    f"stop them, or remove it anyway: petra box rm --force {name}",
-                )
-            stop_processes(box)
-            if in_use(box):
-                raise LockedError(f"box {name} is still in use", "retry in a moment")
+        _stop_or_refuse(box, force)
+        # Renamed, the box can no longer be started; a command that started in it before the
+        # rename (after the check above) holds its lock file open and is found now.
+        going = dataclasses.replace(box, path=boxes.path / f".rm-{name}-{os.getpid()}")
+        os.rename(box.path, going.path)
+        try:
+            _stop_or_refuse(going, force)
+        except PetraError:
+            os.rename(going.path, box.path)
+            raise
         for app in all_exports(name, home):
             for path in exported_files(name, app, home):
                 path.unlink()
-        going = boxes.path / f".rm-{name}-{os.getpid()}"
-        os.rename(box.path, going)
-        tree.remove_tree(going)
+        tree.remove_tree(going.path)
+
+
+def _stop_or_refuse(box: Box, force: bool) -> None:
+    pids = processes_in(box)
+    if not pids:
+        return
+    if not force:
+        count = len(pids)
+        raise UsageError(
+            f"box {box.name} is in use ({count} process{'es' if count != 1 else ''})",
+            f"stop them, or remove it anyway: petra box rm --force {box.name}",
+        )
+    stop_processes(box)
+    if in_use(box):
+        raise LockedError(f"box {box.name} is still in use", "retry in a moment")
 
 
 def find_command(box: Box, app: str) -> str | None:
@@ -607,7 +683,7 @@ def find_command(box: Box, app: str) -> str | None:
 
 
 def export(
-    box: Box, app: str, home: Path, petra_argv: Sequence[str], where: Sequence[str] = ()
+    box: Box, app: str, caller: Caller, petra_argv: Sequence[str], where: Sequence[str] = ()
 ) -> list[Path]:
     """Write a launcher ~/.local/bin/APP that runs `app` in the box, and a .desktop file for
     each the box ships for it; returns the files. UsageError if the box has no such command or
@@ -620,10 +696,12 @@ def export(
             f"box {box.name} has no command {app}",
             f"install it first: petra box run {box.name} -- apt-get install -y PACKAGE",
         )
+    home = caller.home
     launcher = home / ".local/bin" / app
     if launcher.exists() and launcher not in exported_files(box.name, app, home):
         raise UsageError(f"{launcher} exists and petra did not make it", "move it away first")
-    made = [_write(launcher, launcher_text(box, app, petra_argv, where), 0o755)]
+    text = launcher_text(box, app, caller, petra_argv, where, launcher)
+    made = [_write(launcher, text, 0o755)]
     for entry in desktop_files_for(box, app, path):
         target = home / ".local/share/applications" / f"petra-{box.name}-{entry.name}"
         made.append(_write(target, desktop_text(entry.read_text(), box, launcher), 0o644))

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from petra import mounts, sysroot, tree
+from petra import mounts, stateroot, sysroot, tree
 from petra.errors import RepoError, ToolError, UsageError
 from petra.freeze import thaw_guard
 from petra.ostree import Repo, Sysroot
@@ -108,7 +108,7 @@ def build(
     size: int = DEFAULT_SIZE,
     force: bool = False,
     remote_url: str = DEFAULT_REMOTE_URL,
-    osname: str = sysroot.DEFAULT_OSNAME,
+    osname: str = stateroot.DEFAULT_OSNAME,
 ) -> ImageResult:
     """Build a bootable disk image of `rev` (a ref or commit of the repo at `repo_path`).
 

@@ -19,7 +19,7 @@ import gi
 gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
-from petra import locks  # noqa: E402
+from petra import locks, stateroot  # noqa: E402
 from petra.errors import LockedError, RepoError  # noqa: E402
 from petra.freeze import thaw_guard  # noqa: E402
 from petra.run import run  # noqa: E402
@@ -301,7 +301,7 @@ class Sysroot:
 
     @staticmethod
     def is_sysroot(path: Path) -> bool:
-        return (path / "ostree/repo/config").is_file() and (path / "ostree/deploy").is_dir()
+        return stateroot.is_sysroot(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Sysroot:
@@ -392,9 +392,6 @@ class Sysroot:
 
     def stateroot_var(self, osname: str) -> Path:
         return self.path / "ostree/deploy" / osname / "var"
-
-    def osnames(self) -> list[str]:
-        return sorted(p.name for p in (self.path / "ostree/deploy").iterdir() if p.is_dir())
 
     def config(self, section: str, key: str) -> str | None:
         """A value from the sysroot repo's config (petra keeps its settings there)."""

@@ -23,8 +23,8 @@ from petra.layering import Layers
 from petra.ostree import CommitInfo, Deployment, Repo, Sysroot
 from petra.reporting import Reporter
 from petra.sandbox import Bind, Sandbox
+from petra.stateroot import DEFAULT_OSNAME, osname
 
-DEFAULT_OSNAME = "petra"
 DEFAULT_KEEP = 2
 EXIT_NO_UPDATE = 77  # `upgrade --check` with nothing new (as rpm-ostree does)
 
@@ -106,11 +106,7 @@ def init(path: Path, osname: str = DEFAULT_OSNAME, keep: int = DEFAULT_KEEP) -> 
 
 
 def osname_of(sysroot: Sysroot) -> str:
-    configured = sysroot.config("petra", "osname")
-    if configured:
-        return configured
-    names = sysroot.osnames()
-    return names[0] if len(names) == 1 else DEFAULT_OSNAME
+    return osname(sysroot.path)
 
 
 def keep_of(sysroot: Sysroot) -> int:

@@ -12,8 +12,12 @@ import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.integration.sysroots import Source
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -182,3 +186,50 @@ def releases(server: Composed) -> Releases:
     )
     v2 = compose(spec, server.repo, server.cache)
     return Releases(server.repo, server.commit, v2.commit)
+
+
+@dataclass(frozen=True)
+class World:
+    """A deployed sysroot with a box "dev" (trixie + htop, made cold once per session in the
+    server's compose cache), and a home for the boxes' caller."""
+
+    sysroot: Path
+    source: Source
+    cache: Path
+    home: Path
+
+    @property
+    def boxes(self) -> Path:
+        return self.sysroot / "ostree/deploy/petra/var/lib/petra/boxes"
+
+    def box(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """petra box VERB ... on this sysroot, with this world's home."""
+        verb, rest = args[0], args[1:]
+        extra: list[str | Path] = ["--sysroot", self.sysroot]
+        if not check:  # an error is then the only line on stderr (no progress lines)
+            extra.append("--quiet")
+        if verb == "create":
+            extra += ["--cache", self.cache]
+        env = {**os.environ, "HOME": str(self.home)}
+        return petra("box", verb, *extra, *rest, check=check, env=env, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def world(releases: Releases, server_cache: Path, testfs: Path) -> World:
+    from tests.integration.sysroots import Source  # it imports this module
+
+    sysroot = testfs / "sysroots" / "boxes"
+    source = Source(releases, "boxes")
+    petra("init", "--sysroot", sysroot)
+    petra("deploy", "--sysroot", sysroot, "--repo", source.repo, source.ref)
+    home = testfs / "box-home"
+    home.mkdir()
+    w = World(sysroot, source, server_cache, home)
+    w.box("create", "dev", "--packages", "htop")
+    return w
+
+
+@pytest.fixture(scope="session")
+def server_cache(releases: Releases) -> Path:
+    """The server compose's cache: its .deb store and index, where box trees are cached too."""
+    return releases.repo.parent / "cache"

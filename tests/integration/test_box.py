@@ -24,57 +24,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, Releases, petra
-from tests.integration.sysroots import Source, frozen
+from tests.integration.conftest import ROOT, World, petra
+from tests.integration.sysroots import frozen
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class World:
-    sysroot: Path
-    source: Source
-    cache: Path
-    home: Path
-
-    @property
-    def boxes(self) -> Path:
-        return self.sysroot / "ostree/deploy/petra/var/lib/petra/boxes"
-
-    def box(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """petra box VERB ... on this sysroot, with this world's home."""
-        verb, rest = args[0], args[1:]
-        extra: list[str | Path] = ["--sysroot", self.sysroot]
-        if not check:  # an error is then the only line on stderr (no progress lines)
-            extra.append("--quiet")
-        if verb == "create":
-            extra += ["--cache", self.cache]
-        env = {**os.environ, "HOME": str(self.home)}
-        return petra("box", verb, *extra, *rest, check=check, env=env, timeout=900)
-
-
-@pytest.fixture(scope="session")
-def world(releases: Releases, server_cache: Path, testfs: Path) -> World:
-    sysroot = testfs / "sysroots" / "boxes"
-    source = Source(releases, "boxes")
-    petra("init", "--sysroot", sysroot)
-    petra("deploy", "--sysroot", sysroot, "--repo", source.repo, source.ref)
-    home = testfs / "box-home"
-    home.mkdir()
-    w = World(sysroot, source, server_cache, home)
-    w.box("create", "dev", "--packages", "htop")
-    return w
-
-
-@pytest.fixture(scope="session")
-def server_cache(releases: Releases) -> Path:
-    """The server compose's cache: its .deb store and index, where box trees are cached too."""
-    return releases.repo.parent / "cache"
 
 
 def run(w: World, name: str, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -123,10 +80,17 @@ def test_run_list_export_and_apt_inside(world: World) -> None:
     assert str(launcher) in made and launcher.exists() and desktop.exists()
     assert f"Exec={launcher}" in desktop.read_text()
     env = {**os.environ, "HOME": str(w.home)}
-    version = subprocess.run(
-        [launcher, "--version"], capture_output=True, text=True, timeout=120, env=env
-    )
-    assert version.returncode == 0 and version.stdout.startswith("htop 3."), version.stderr
+    # its fast path starts bwrap itself (sh -x shows which exec ran); with the box's passwd
+    # changed since the export, it asks petra box run instead; both run htop in the box
+    for path in ("fast", "petra"):
+        version = subprocess.run(
+            ["sh", "-x", launcher, "--version"], capture_output=True, text=True, timeout=120,
+            env=env,
+        )  # fmt: skip
+        assert version.returncode == 0 and version.stdout.startswith("htop 3."), version.stderr
+        execs = [ln.split()[2] for ln in version.stderr.splitlines() if ln.startswith("+ exec ")]
+        assert execs == (["bwrap"] if path == "fast" else [sys.executable]), version.stderr
+        os.utime(w.boxes / "dev/root/etc/passwd")
     assert not shutil.which("htop", path="/usr/bin:/bin")  # the host has none: it ran in the box
     w.box("unexport", "dev", "htop")
     assert not launcher.exists() and not desktop.exists()
@@ -252,6 +216,24 @@ def test_a_non_root_caller_keeps_its_uid_gid_and_home(
     assert made.read_text() == "made-inside\n" and made.stat().st_uid == user.pw_uid
     assert "Permission denied" in proc.stderr  # the box's /usr belongs to root
     assert not (w.boxes / "dev/root/usr/x").exists()
+
+    # The user exports `id`: its launcher's fast path shows the user's passwd line in the box
+    # (which has none of its own), so the name resolves, as through petra box run.
+    as_user = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "PYTHONPATH": str(source)}
+    subprocess.run(
+        [*as_user, "/usr/bin/python3", "-m", "petra", "box", "export", "--sysroot", sysroot,
+         "dev", "id"],
+        check=True, capture_output=True, timeout=120, cwd=user.pw_dir, env=env,
+    )  # fmt: skip
+    launcher = Path(user.pw_dir) / ".local/bin/id"
+    proc = subprocess.run(
+        [*as_user, "sh", "-x", launcher, "-un"],
+        capture_output=True, text=True, timeout=120, cwd=user.pw_dir, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout == f"{user.pw_name}\n", proc.stderr
+    assert "+ exec bwrap" in proc.stderr, proc.stderr
+    launcher.unlink()
     shutil.rmtree(source)
 
 

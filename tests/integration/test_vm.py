@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from petra.archive import Archive
-from tests.integration.conftest import EXAMPLES, Composed, compose, ostree, petra
+from tests.integration.conftest import EXAMPLES, Composed, World, compose, ostree, petra
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +162,24 @@ def offline_cache(repo: Path, cache: Path, base: str, wanted: str, dest: Path) -
     return dest
 
 
-def test_boot_upgrade_reboot_rollback_reboot(disk: Path, server: Composed, testfs: Path) -> None:
+def box_tree(w: World, name: str, dest: Path) -> None:
+    """Put the cached package tree that box `name` of `w` was copied from, under its raw/ ref,
+    into the compose cache at `dest` (a bare repo of one commit): a `petra box create` of the
+    same suite and packages then needs neither network nor .debs."""
+    tree = json.loads((w.boxes / name / "box.json").read_text())["tree"]
+    source = w.cache / "repo"
+    refs = [
+        r if r.startswith("raw/") else f"raw/{r}"
+        for r in ostree("--repo", source, "refs", "raw").split()
+    ]
+    ref = next(r for r in refs if ostree("--repo", source, "rev-parse", r).strip() == tree)
+    ostree("--repo", dest / "repo", "init", "--mode=bare")
+    ostree("--repo", dest / "repo", "pull-local", source, ref)
+
+
+def test_boot_upgrade_reboot_rollback_reboot(
+    disk: Path, server: Composed, world: World, testfs: Path
+) -> None:
     share, v2 = next_release(server, Path(tempfile.mkdtemp(dir=testfs)))
     first = vm(disk, "sh", "-c", FIRST_BOOT, share=share)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -195,38 +212,57 @@ def test_boot_upgrade_reboot_rollback_reboot(disk: Path, server: Composed, testf
     assert htop == "/usr/bin/htop" and marker == "kept" and etc == "changed"
 
     # Reboot: the old version runs again, without htop, with the same /var; both are listed.
-    # Then layer htop onto it, offline, from a package cache the share brings.
+    # Then, offline, from a package cache the share brings: layer htop onto it, and make a box
+    # (trixie + htop) beside the read-only system.
     offline_cache(share, server.cache, server.commit, v2, share / "cache")
+    box_tree(world, "dev", share / "cache")
     third = vm(
         disk,
         "sh",
         "-c",
-        "petra status --json | tr -d '\\n '; echo; command -v htop || echo no-htop;"
-        " cat /var/lib/petra-test/marker; cp -a /run/petra/share/cache /var/cache/petra"
-        " && petra install -q --cache /var/cache/petra htop >/tmp/log 2>&1; echo $?; cat /tmp/log",
+        "echo status: $(petra status --json | tr -d '\\n ');"
+        " echo htop: $(command -v htop || echo none);"
+        " echo marker: $(cat /var/lib/petra-test/marker);"
+        " cp -a /run/petra/share/cache /var/cache/petra"
+        " && petra install -q --cache /var/cache/petra htop >/tmp/log 2>&1; echo install: $?;"
+        " petra box create dev --packages htop --cache /var/cache/petra -q >>/tmp/log 2>&1;"
+        " echo box: $?; petra box run dev -- sh -c 'echo in-box: $(htop --version | head -1)"
+        " $(cat /etc/debian_version); touch /usr/from-box && echo box-usr: written';"
+        " echo host-usr: $(ls /usr/from-box 2>&1 | grep -c 'No such'); sed 's/^/log: /' /tmp/log",
         share=share,
     )
     assert third.returncode == 0, third.stderr[-3000:]
-    status, htop, marker, installed, *log = third.stdout.splitlines()
+    seen = fields(third.stdout)
+    status = seen["status"]
     assert booted(status)["commit"] == server.commit and deployments(status)[0]["booted"]
     assert [d["commit"] for d in deployments(status)] == [server.commit, v2]
-    assert htop == "no-htop" and marker == "kept"
-    assert installed == "0", log
+    assert seen["htop"] == "none" and seen["marker"] == "kept"
+    assert seen["install"] == "0" and seen["box"] == "0", third.stdout
+    assert seen["in-box"].startswith("htop ") and seen["in-box"].split()[-1].startswith("13")
+    # the box's /usr is the box's own: written there, not on the host
+    assert seen["box-usr"] == "written" and seen["host-usr"] == "1"
 
-    # Reboot: the layered deployment runs, htop works, the base and /var are as they were.
+    # Reboot: the layered deployment runs, htop works, the base and /var are as they were; the
+    # box is still there, with what was written in it.
     fourth = vm(
         disk,
         "sh",
         "-c",
-        "petra status --json | tr -d '\\n '; echo; htop --version | head -1;"
-        " cat /var/lib/petra-test/marker",
+        "echo status: $(petra status --json | tr -d '\\n ');"
+        " echo htop: $(htop --version | head -1);"
+        " echo marker: $(cat /var/lib/petra-test/marker);"
+        " echo boxes: $(petra box list --json | tr -d '\\n ');"
+        " petra box run dev -- sh -c 'echo in-box: $(ls /usr/from-box) $(id -u)'",
     )
     assert fourth.returncode == 0, fourth.stderr[-3000:]
-    status, version, marker = fourth.stdout.splitlines()[:3]
-    running = booted(status)
-    assert running["layered"] == ["htop"] and running["base"] == server.commit, status
-    assert deployments(status)[1]["commit"] == server.commit  # the unlayered one, to roll back to
-    assert version.startswith("htop ") and marker == "kept"
+    seen = fields(fourth.stdout)
+    running = booted(seen["status"])
+    assert running["layered"] == ["htop"] and running["base"] == server.commit, seen["status"]
+    assert deployments(seen["status"])[1]["commit"] == server.commit  # unlayered, to roll back to
+    assert seen["htop"].startswith("htop ") and seen["marker"] == "kept"
+    boxes = json.loads(seen["boxes"])
+    assert [(b["name"], b["suite"], b["packages"]) for b in boxes] == [("dev", "trixie", ["htop"])]
+    assert seen["in-box"] == "/usr/from-box 0"
 
 
 def test_false_exits_1_and_auto_says_which_accelerator(disk: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -61,7 +64,8 @@ def test_bwrap_line_isolates_and_maps_the_caller(tmp_path: Path) -> None:
 
 def test_launcher_and_desktop_file(tmp_path: Path) -> None:
     b = make_box(tmp_path)
-    text = box.launcher_text(b, "htop", ["/usr/bin/python3", "-m", "petra"])
+    root = box.Caller(0, 0, "root", Path("/root"), "/bin/bash")
+    text = box.launcher_text(b, "htop", root, ["/usr/bin/python3", "-m", "petra"])
     assert text.startswith("#!/bin/sh\n") and "# petra-box: dev htop\n" in text
     assert text.rstrip().endswith('exec /usr/bin/python3 -m petra box run dev -- htop "$@"')
     source = "[Desktop Entry]\nName=Htop\nTryExec=htop\nExec=htop %F\nType=Application\n"
@@ -76,3 +80,46 @@ def test_launcher_and_desktop_file(tmp_path: Path) -> None:
     assert box.all_exports("dev", home) == ["htop"]
     assert box.exported_files("dev", "htop", home) == [home / ".local/bin/htop"]
     assert box.exported_files("other-box", "htop", home) == []
+
+
+def test_launcher_fast_path_starts_bwrap_as_box_run_would_and_falls_back(tmp_path: Path) -> None:
+    """The launcher run for real, with stand-ins for bwrap and petra that record their
+    arguments: the fast path gets the box's bwrap line, the caller's directory and variables
+    and the caller's passwd line on fd 7; a changed passwd in the box sends it to petra."""
+    b = make_box(tmp_path)
+    (b.root / "usr/bin").mkdir(parents=True)
+    (b.root / "usr/bin/htop").write_text("")
+    (b.root / "usr/bin/htop").chmod(0o755)
+    (b.path / "lock").touch()
+    home = tmp_path / "home"
+    (home / "src").mkdir(parents=True)
+    alice = box.Caller(1000, 1000, "alice", home, "/bin/bash")
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "bwrap").write_text(
+        f"#!/bin/sh\nprintf '%s\\n' \"$@\" >{tmp_path}/args; cat <&7 >{tmp_path}/passwd\n"
+    )
+    (fake / "petra").write_text(f'#!/bin/sh\necho "$@" >{tmp_path}/slow\n')
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    launcher = home / ".local/bin/htop"
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text(box.launcher_text(b, "htop", alice, [str(fake / "petra")], [], launcher))
+    launcher.chmod(0o755)
+    env = {"HOME": str(home), "PATH": f"{fake}:/usr/bin:/bin", "TERM": "xterm-kitty"}
+
+    subprocess.run([launcher, "a b", "c"], cwd=home / "src", env=env, check=True, timeout=30)
+    args = (tmp_path / "args").read_text().splitlines()
+    expected = box.bwrap_argv(b, ["/usr/bin/htop"], alice, network=True, cwd=str(home / "src"),
+                              passwd_fd=7, group_fd=8, passed_env={}, direct=True)  # fmt: skip
+    assert ["bwrap", *args[: args.index("--")]] == expected[: expected.index("--")] + [
+        "--setenv", "TERM", "xterm-kitty",
+    ]  # fmt: skip
+    assert args[args.index("--") :] == ["--", "/usr/bin/htop", "a b", "c"]
+    assert (tmp_path / "passwd").read_text().endswith(f"alice:x:1000:1000::{home}:/bin/bash\n")
+    assert not (tmp_path / "slow").exists()
+
+    later = time.time() + 10  # the box's passwd changed after the launcher was made
+    os.utime(b.root / "etc/passwd", (later, later))
+    subprocess.run([launcher, "x"], cwd=tmp_path, env=env, check=True, timeout=30)
+    assert (tmp_path / "slow").read_text() == "box run dev -- htop x\n"

@@ -78,11 +78,9 @@ def boxes_of(sysroot: Path) -> boxes_.Boxes:
     stateroot's var/lib/petra/boxes for another sysroot. UsageError if it is not a sysroot."""
     if sysroot.resolve() == Path("/"):
         return boxes_.Boxes(boxes_.SYSTEM_BOXES)
-    from petra import sysroot as device  # the ostree bindings only when a sysroot is named
-    from petra.ostree import Sysroot
+    from petra.stateroot import var_of
 
-    opened = Sysroot.open(sysroot)
-    return boxes_.Boxes(opened.stateroot_var(device.osname_of(opened)) / "lib/petra/boxes")
+    return boxes_.Boxes(var_of(sysroot) / "lib/petra/boxes")
 
 
 def where_args(sysroot: Path) -> list[str]:
@@ -125,7 +123,7 @@ def _exec(box: boxes_.Box, command: list[str], network: bool | None = None) -> i
         passwd_fd=boxes_.data_fd(passwd) if passwd else None,
         group_fd=boxes_.data_fd(group) if group else None,
     )
-    boxes_.holds_lock(box)
+    boxes_.hold(box)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvp(argv[0], argv)  # noqa: S606 (petra becomes bwrap: the exit code is CMD's)
@@ -153,7 +151,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     box = boxes_of(args.sysroot).get(args.name)
     caller = boxes_.Caller.current()
     petra = [sys.executable, "-m", "petra"]
-    made = boxes_.export(box, args.app, caller.home, petra, where_args(args.sysroot))
+    made = boxes_.export(box, args.app, caller, petra, where_args(args.sysroot))
     for path in made:
         print(f"made {path}")
     return 0

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from petra import layering
+from petra import layering, stateroot
 from petra import sysroot as device
 from petra.cli.output import date, print_json, reporter_for
 from petra.errors import UsageError
@@ -23,7 +23,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
     p = sub.add_parser("init", parents=[common, where], help="make an empty sysroot")
-    p.add_argument("--osname", default=device.DEFAULT_OSNAME, help="the stateroot's name")
+    p.add_argument("--osname", default=stateroot.DEFAULT_OSNAME, help="the stateroot's name")
     p.add_argument(
         "--keep",
         type=int,

@@ -118,11 +118,14 @@ def compose(
     return ComposeResult(spec.ref, checksum, True, build, packages, time.monotonic() - start)
 
 
-def package_tree_copy(spec: Spec, dest: Path, *, cache_dir: Path, reporter: Reporter) -> str:
+def package_tree_copy(
+    spec: Spec, dest: Path, *, cache_dir: Path, reporter: Reporter
+) -> tuple[str, str]:
     """Make `dest` a plain Debian root of `spec`'s packages (no conventions), with the
     archive's index in place, as a copy that shares no file with the cache. The tree comes from
     the cache's package trees, built first if new (cold: mmdebstrap; warm: apt on a cached tree
-    of a subset, with hardlinks). Returns "cached", "incremental" or "cold".
+    of a subset, with hardlinks). Returns how it was built ("cached", "incremental" or "cold")
+    and the cache commit it was copied from.
 
     Raises ArchiveFailure for an unreachable mirror, an unknown suite or package (nothing is
     written at `dest` then), ToolError if the build fails, LockedError if a compose holds the
@@ -155,7 +158,7 @@ def package_tree_copy(spec: Spec, dest: Path, *, cache_dir: Path, reporter: Repo
             for index in archive.lists_dir.glob("*_*"):
                 if index.is_file():
                     shutil.copyfile(index, lists / index.name)
-    return build
+    return build, raw
 
 
 def _download(
