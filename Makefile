@@ -41,8 +41,10 @@ test: lint unit integration
 # prints its seed and how many kills landed mid-write. PETRA_KILL_SEED=S replays a run.
 KILLS ?= 300
 LAYER_KILLS ?= 100
+PIN_KILLS ?= 200
 soak: setup
-	PETRA_KILLS=$(KILLS) PETRA_LAYER_KILLS=$(LAYER_KILLS) $(BIN)/pytest -m integration tests/integration/test_crash.py
+	PETRA_KILLS=$(KILLS) PETRA_LAYER_KILLS=$(LAYER_KILLS) PETRA_PIN_KILLS=$(PIN_KILLS) \
+		$(BIN)/pytest -m integration tests/integration/test_crash.py
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

@@ -284,6 +284,7 @@ class Deployment:
     # What the origin file records besides the refspec: "group.key" -> its list of strings
     # (petra keeps a deployment's layered packages and overrides there).
     origin: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    pinned: bool = False  # never removed by deploy, upgrade or cleanup (libostree's pin)
 
 
 class Sysroot:
@@ -378,6 +379,7 @@ class Sysroot:
                     path=self.path / rel,
                     kernel_args=(bootconfig.get("options") if bootconfig else None) or "",
                     handle=dep,
+                    pinned=bool(dep.is_pinned()),
                     origin=origin,
                 )
             )
@@ -481,6 +483,32 @@ class Sysroot:
             )
             raise RepoError(f"deploying {checksum[:12]} failed: {e.message}", hint) from e
         return new
+
+    def redeploy(self, dep: Deployment, kernel_args: list[str]) -> Any:
+        """Check out `dep`'s commit again as a new (not yet listed) deployment with the same
+        origin (not its pin) and `kernel_args`, /etc merged from the current default. Returns
+        libostree's handle for `write_deployments`."""
+        text = dep.handle.get_origin().to_data()[0]
+        origin = GLib.KeyFile()
+        origin.load_from_data(text, len(text.encode()), GLib.KeyFileFlags.NONE)
+        if origin.has_group("libostree-transient"):
+            origin.remove_group("libostree-transient")
+        merge = self._sysroot.get_merge_deployment(dep.osname)
+        try:
+            _, new = self._sysroot.deploy_tree(
+                dep.osname, dep.checksum, origin, merge, kernel_args, None
+            )
+        except GLib.Error as e:
+            raise RepoError(f"deploying {dep.checksum[:12]} failed: {e.message}", "") from e
+        return new
+
+    def set_pinned(self, dep: Deployment, pinned: bool) -> None:
+        """Pin or unpin `dep` (a flag in its origin file, written atomically)."""
+        try:
+            self._sysroot.deployment_set_pinned(dep.handle, pinned)
+        except GLib.Error as e:
+            raise RepoError(f"pinning deployment {dep.index} failed: {e.message}", "") from e
+        self._sysroot.load(None)
 
     def write_deployments(self, handles: list[Any], *, prune: bool = True) -> None:
         """Make `handles` the deployment list, in that order (the first is the default).

@@ -1,4 +1,5 @@
-"""Device-side transactions on a sysroot: init, deploy, upgrade, rollback, cleanup, enter.
+"""Device-side transactions on a sysroot: init, deploy, upgrade, rollback, cleanup, pin, kargs,
+enter.
 
 Deployments, the /etc three-way merge, bootloader entries and pruning are libostree's; this
 module decides *what* to deploy and in which order, and records where a commit came from.
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from petra import inspect, layering
+from petra import inspect, kargs, layering
 from petra.compose.cache import default_cache_dir
 from petra.errors import PetraError, RepoError, UsageError
 from petra.layering import Layers
@@ -35,15 +36,18 @@ EXIT_NO_UPDATE = 77  # `upgrade --check` with nothing new (as rpm-ostree does)
 def keep_list(
     ordered: Sequence[Deployment], osname: str, keep: int, protect: Sequence[Deployment] = ()
 ) -> list[Deployment]:
-    """The deployments to keep, in order: at most `keep` of `osname`, dropping the oldest
-    (last listed) first. The first one, booted ones and those in `protect` always stay;
-    other stateroots are never touched."""
+    """The deployments to keep, in order: at most `keep` unpinned ones of `osname`, dropping
+    the oldest (last listed) first. The first one, booted ones, pinned ones and those in
+    `protect` always stay (pinned ones besides the `keep`); other stateroots are never
+    touched."""
     kept = list(ordered)
-    count = sum(1 for d in kept if d.osname == osname)
+    count = sum(1 for d in kept if d.osname == osname and not d.pinned)
     for dep in reversed(list(ordered)):
         if count <= keep:
             break
-        if dep.osname != osname or dep is ordered[0] or dep.booted or dep in protect:
+        if dep.osname != osname or dep.pinned:
+            continue
+        if dep is ordered[0] or dep.booted or dep in protect:
             continue
         kept.remove(dep)
         count -= 1
@@ -187,11 +191,16 @@ def _deploy_commit(
     reporter.step("deploy", f"{info.version or checksum[:12]} into {osname}")
     extra = layers.origin() if layers is not None and not layers.empty else None
     new = sysroot.deploy_tree(osname, checksum, refspec, override, kargs, extra)
+    removed = _add_default(sysroot, new, current, osname)
+    return DeployResult(checksum, info.version, removed, time.monotonic() - start)
+
+
+def _add_default(sysroot: Sysroot, new: object, current: list[Deployment], osname: str) -> int:
+    """List `new` first, before `current`, less what the kept number drops (never a pinned
+    one); returns how many were dropped."""
     planned = keep_list([_placeholder(new, osname), *current], osname, keep_of(sysroot))
     sysroot.write_deployments([new] + [d.handle for d in planned[1:]])
-    return DeployResult(
-        checksum, info.version, len(current) + 1 - len(planned), time.monotonic() - start
-    )
+    return len(current) + 1 - len(planned)
 
 
 def _placeholder(handle: object, osname: str) -> Deployment:
@@ -359,6 +368,39 @@ def cleanup(sysroot: Sysroot) -> int:
         else:
             sysroot.clean()  # (also what an interrupted command left)
     return len(current) - len(kept)
+
+
+def pin(sysroot: Sysroot, index: int, pinned: bool = True) -> Deployment:
+    """Pin deployment `index` (never removed by deploy, upgrade or cleanup; not counted in
+    the kept number), or unpin it. UsageError if there is no such deployment; nothing is
+    written then, nor when it already is as asked."""
+    with sysroot.writing(tidy=False):
+        dep = pick(sysroot, index)
+        if dep.pinned != pinned:
+            sysroot.set_pinned(dep, pinned)
+    return sysroot.deployments()[index]
+
+
+def set_kernel_args(
+    sysroot: Sysroot, edits: Sequence[kargs.Edit], reporter: Reporter
+) -> DeployResult | None:
+    """Deploy the default's commit again, as the new default, with its kernel arguments
+    edited; the old deployment keeps its own. Returns None when the edits change nothing
+    (nothing is written). UsageError for an edit that cannot apply, before anything is
+    written; on a later failure the deployment list is unchanged."""
+    start = time.monotonic()
+    with sysroot.writing():
+        current = sysroot.deployments()
+        default = pick(sysroot, None)
+        words = kargs.editable(default.kernel_args)
+        wanted = kargs.apply(words, edits)
+        if wanted == words:
+            return None
+        reporter.step("deploy", f"{default.checksum[:12]} with {' '.join(wanted)}")
+        new = sysroot.redeploy(default, wanted)
+        removed = _add_default(sysroot, new, current, default.osname)
+        version = sysroot.repo.read_commit(default.checksum).version
+    return DeployResult(default.checksum, version, removed, time.monotonic() - start)
 
 
 # --- enter ---------------------------------------------------------------------------------

@@ -120,3 +120,18 @@ def usr_on_disk(root: Path) -> dict[str, tuple[str, int]]:
             else:
                 found[f"{base}/{name}"] = ("-", mode.st_size)
     return found
+
+
+def snapshot(sysroot: Path) -> tuple[str, dict[str, int], list[str]]:
+    entries = sorted(p.name for p in (sysroot / "boot/loader/entries").glob("*"))
+    return petra("status", "--sysroot", sysroot, "--json").stdout, deploy_dirs(sysroot), entries
+
+
+def assert_refused(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()  # progress lines may come first
+    errors = [line for line in lines if "error" in line.lower() or "Traceback" in line]
+    assert errors == lines[-1:], proc.stderr
+    assert lines[-1].startswith("petra: error: ") and "(hint: " in lines[-1], lines[-1]
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]

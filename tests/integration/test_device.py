@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Releases, ostree, petra
-from tests.integration.sysroots import Source, assert_consistent, deploy_dirs, status
+from tests.integration.sysroots import (
+    Source,
+    assert_consistent,
+    assert_refused,
+    deploy_dirs,
+    snapshot,
+    status,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -174,21 +181,6 @@ def test_a_tree_left_by_a_killed_command_is_removed_by_the_next(
 
 
 # --- bad input: one line with a hint, non-zero exit, nothing changed ----------------------
-
-
-def snapshot(sysroot: Path) -> tuple[str, dict[str, int], list[str]]:
-    entries = sorted(p.name for p in (sysroot / "boot/loader/entries").glob("*"))
-    return petra("status", "--sysroot", sysroot, "--json").stdout, deploy_dirs(sysroot), entries
-
-
-def assert_refused(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()  # progress lines may come first
-    errors = [line for line in lines if "error" in line.lower() or "Traceback" in line]
-    assert errors == lines[-1:], proc.stderr
-    assert lines[-1].startswith("petra: error: ") and "(hint: " in lines[-1], lines[-1]
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
 
 
 @pytest.fixture

@@ -12,12 +12,18 @@ from petra.sysroot import keep_list, remote_name, rollback_target, split_refspec
 pytestmark = pytest.mark.unit
 
 
-def dep(name: str, osname: str = "petra", booted: bool = False) -> Deployment:
-    return Deployment(0, osname, name, 0, None, booted, Path(), "", name)
+def dep(name: str, osname: str = "petra", booted: bool = False, pinned: bool = False) -> Deployment:
+    return Deployment(0, osname, name, 0, None, booted, Path(), "", name, pinned=pinned)
 
 
 def names(deployments: list[Deployment]) -> list[str]:
     return [d.checksum for d in deployments]
+
+
+def test_pinned_deployments_stay_and_do_not_count() -> None:
+    a, b, c, d, e = dep("a"), dep("b", pinned=True), dep("c"), dep("d", pinned=True), dep("e")
+    assert names(keep_list([a, b, c, d, e], "petra", 2)) == ["a", "b", "c", "d"]
+    assert names(keep_list([a, b, c, d, e], "petra", 1)) == ["a", "b", "d"]
 
 
 def test_keep_drops_the_oldest_beyond_the_limit() -> None:

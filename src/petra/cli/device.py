@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from petra import layering, stateroot
+from petra import kargs, layering, stateroot
 from petra import sysroot as device
 from petra.cli.output import date, print_json, reporter_for
 from petra.errors import UsageError
@@ -83,6 +84,32 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("cleanup", parents=[common, where], help="drop deployments beyond --keep")
     p.set_defaults(func=cmd_cleanup)
 
+    for verb, text in (("pin", "keep deployment N for good"), ("unpin", "undo pin")):
+        p = sub.add_parser(verb, parents=[common, where], help=text)
+        p.add_argument("index", type=int, metavar="N", help="the deployment (see petra status)")
+        p.set_defaults(func=cmd_pin, pinned=verb == "pin")
+
+    p = sub.add_parser(
+        "kargs",
+        parents=[common, where],
+        help="print the kernel arguments, or deploy the default again with them changed",
+    )
+    for action, text in (
+        ("append", "add KEY or KEY=VALUE"),
+        ("delete", "remove KEY (every value) or KEY=VALUE"),
+        ("replace", "set KEY's value: KEY=VALUE, or KEY=OLD=NEW when KEY is set more than once"),
+    ):
+        p.add_argument(
+            f"--{action}",
+            dest="edits",
+            action="append",
+            type=partial(kargs.Edit, action),
+            default=[],
+            metavar="KEY[=VALUE]",
+            help=text,
+        )
+    p.set_defaults(func=cmd_kargs)
+
     p = sub.add_parser("enter", parents=[common, where], help="run a deployment as a container")
     p.add_argument("--deployment", type=int, default=None, metavar="N", help="(default: 0)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD")
@@ -135,9 +162,8 @@ def status_data(sysroot: Sysroot) -> list[dict[str, Any]]:
                 "base": layering.base_of(info) if info else None,
                 "layered": list(layers.layered),
                 "removed": list(layers.removed),
-                "kernel-args": " ".join(
-                    a for a in dep.kernel_args.split() if not a.startswith("ostree=")
-                ),
+                "kernel-args": " ".join(kargs.editable(dep.kernel_args)),
+                "pinned": dep.pinned,
             }
         )
     return data
@@ -158,7 +184,7 @@ def print_status(sysroot: Sysroot) -> None:
         print(f"{sysroot.path}: no deployments (deploy one with: petra deploy --repo R REF)")
         return
     for d in data:
-        marks = ", ".join(m for m in ("default", "booted", "rollback") if d[m])
+        marks = ", ".join(m for m in ("default", "booted", "rollback", "pinned") if d[m])
         head = f"{'●' if d['booted'] else ' '} {d['index']}  {d['osname']}  {d['version'] or '-'}"
         print(f"{head}  ({marks})" if marks else head)
         print(f"     commit  {d['commit']}.{d['serial']}")
@@ -172,6 +198,8 @@ def print_status(sysroot: Sysroot) -> None:
             print(f"     layered {' '.join(d['layered'])}")
         if d["removed"]:
             print(f"     removed {' '.join(d['removed'])}")
+        if d["kernel-args"]:
+            print(f"     kargs   {d['kernel-args']}")
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -265,6 +293,31 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     sysroot = Sysroot.open(args.sysroot)
     removed = device.cleanup(sysroot)
     print(f"removed {removed} deployment(s); objects only they used are freed")
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    sysroot = Sysroot.open(args.sysroot)
+    dep = device.pin(sysroot, args.index, args.pinned)
+    state = "pinned: never removed by deploy, upgrade or cleanup" if dep.pinned else "unpinned"
+    print(f"deployment {dep.index} ({dep.checksum}.{dep.serial}) {state}")
+    return 0
+
+
+def cmd_kargs(args: argparse.Namespace) -> int:
+    sysroot = Sysroot.open(args.sysroot)
+    if not args.edits:
+        print(" ".join(kargs.editable(device.pick(sysroot, None).kernel_args)))
+        return 0
+    result = device.set_kernel_args(sysroot, args.edits, reporter_for(args))
+    if result is None:
+        print("no change: the default deployment has these kernel arguments already")
+        return 0
+    now = kargs.editable(sysroot.deployments()[0].kernel_args)
+    print(f"deployed {result.version or '-'} ({result.checksum}) with: {' '.join(now)}")
+    print("the previous deployment keeps its own; boot the new default to use them")
+    if result.removed:
+        print(f"removed {result.removed} old deployment(s)")
     return 0
 
 
