@@ -43,7 +43,7 @@ KILLS ?= 300
 LAYER_KILLS ?= 100
 PIN_KILLS ?= 200
 soak: setup
-	PETRA_KILLS=$(KILLS) PETRA_LAYER_KILLS=$(LAYER_KILLS) PETRA_PIN_KILLS=$(PIN_KILLS) \
+	PETRA_KILLS=$(KILLS) PETRA_LAYER_KILLS=$(LAYER_KILLS) PETRA_PIN_KILLS=$(PIN_KILLS) PETRA_KILL_VERIFY=all \
 		$(BIN)/pytest -m integration tests/integration/test_crash.py
 
 bench: setup

@@ -5,7 +5,8 @@ downloading from the same mirror), recompose after adding one small package (rat
 repo size and file count.
 Device: deploy (vs `ostree admin deploy` of the same commit), upgrade of a one-package change
 (pull + deploy), rollback of the server tree and of the small minimal tree, the disk cost of the
-second deployment, and the thaw guard's cost per command.
+second deployment, `petra verify` against `ostree fsck` of the same repo, the disk cost of five
+deployments of commits one package apart, and the thaw guard's cost per command.
 Layering: `petra install htop` (already downloaded) on the deployed server tree, split into
 prepare, apt/dpkg, commit and deploy, against apt-get install in a plain copy of the tree.
 Boxes: `petra box create` cold (vs plain mmdebstrap of the same packages) and warm, and `petra
@@ -21,6 +22,7 @@ namespace (NOTES.md, "READ FIRST"): a sysroot write never touches the machine's 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import os
 import re
@@ -142,6 +144,13 @@ def device_rows(petra: list[str], work: Path, repo: Path, first: str, cache: Pat
     upgrade_s, _ = timed([*petra, "upgrade", "--sysroot", str(sysroot), "-q"])
     two = disk_usage(sysroot)
     server_rb = rollback_seconds(petra, sysroot)
+    # verify (both deployments' /usr, by content) against ostree fsck of the same repo, warm
+    fsck_s = statistics.median(
+        timed(["ostree", "fsck", f"--repo={sysroot}/ostree/repo"])[0] for _ in range(3)
+    )
+    verify_s = statistics.median(
+        timed([*petra, "verify", "--sysroot", str(sysroot)])[0] for _ in range(3)
+    )
 
     small_repo = work / "minimal-repo"
     _, out = timed([*petra, "compose", str(ROOT / "examples/minimal.toml"), "--repo",
@@ -180,7 +189,40 @@ def device_rows(petra: list[str], work: Path, repo: Path, first: str, cache: Pat
          f"same kernel; {small_rb / server_rb:.2f}x the server tree (goal: the same)"),
         ("disk cost of the second deployment", f"{(two - one) / one * 100:.1f} %",
          f"{(two - one) / 1e6:.0f} MB over {one / 1e6:.0f} MB (goal <= 5 %)"),
+        ("petra verify, both deployments", f"{verify_s:.1f} s",
+         f"median of 3; {verify_s / fsck_s:.2f}x ostree fsck of the sysroot's repo "
+         f"({fsck_s:.1f} s)"),
         ("thaw guard per command", f"{guard_ms:.1f} ms", f"median of {rounds}: start, all clear"),
+    ]  # fmt: skip
+
+
+CHAIN = ("tree", "bc", "lsof", "htop")  # one more package in each commit of the chain
+
+
+def chain_rows(petra: list[str], work: Path, repo: Path, first: str, cache: Path) -> list[Row]:
+    """The disk cost of 5 deployments (--keep 5) of commits one package apart: the server
+    commit, then the same spec with one more package of CHAIN each time."""
+    commits = [first]
+    for n in range(1, len(CHAIN) + 1):
+        spec = work / f"chain-{n}.toml"
+        packages = ", ".join(f'"{p}"' for p in CHAIN[:n])
+        spec.write_text(f'include = ["{SPEC}"]\nversion = "chain.{n}"\npackages = [{packages}]\n')
+        _, out = timed([*petra, "compose", str(spec), "--repo", str(repo), "--cache", str(cache),
+                        "--quiet", "--json"])  # fmt: skip
+        commits.append(json.loads(out)["commit"])
+    sysroot = work / "chain-sysroot"
+    timed([*petra, "init", "--sysroot", str(sysroot), "--keep", str(len(commits))])
+    sizes = []
+    for commit in commits:
+        timed([*petra, "deploy", "--sysroot", str(sysroot), "--repo", str(repo), commit, "-q"])
+        sizes.append(disk_usage(sysroot))
+    extra = [b - a for a, b in itertools.pairwise(sizes)]
+    worst = max(extra) / sizes[0] * 100
+    each = ", ".join(f"{e / 1e6:.0f}" for e in extra)
+    return [
+        (f"disk cost of {len(commits)} deployments one package apart", f"{worst:.1f} %",
+         f"the largest extra one; each: {each} MB over {sizes[0] / 1e6:.0f} MB "
+         "(goal <= 5 % each)"),
     ]  # fmt: skip
 
 
@@ -358,6 +400,7 @@ def measure(
          f"{show['size'] / 1e6:.0f} MB of file data"),
     ]  # fmt: skip
     rows += device_rows(petra, work, repo, first["commit"], cache)
+    rows += chain_rows(petra, work, repo, first["commit"], cache)
     rows += layering_rows(petra, work, repo, first["commit"], cache)
     rows += box_rows(petra, work, suite, mirror)
     return rows + boot_rows(petra, work, repo, first["commit"])

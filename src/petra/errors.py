@@ -47,3 +47,13 @@ class ToolError(PetraError):
 
 class LockedError(PetraError):
     """Another petra process holds the lock on the same repository or cache."""
+
+
+class IntegrityError(PetraError):
+    """A deployment's files differ from its commit (petra verify found them)."""
+
+    exit_code = 3
+
+
+class SpaceError(PetraError):
+    """A file system of the sysroot has too little room for the command (nothing written)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
 from petra import locks, stateroot  # noqa: E402
-from petra.errors import LockedError, RepoError  # noqa: E402
+from petra.errors import LockedError, RepoError, ToolError  # noqa: E402
 from petra.freeze import thaw_guard  # noqa: E402
 from petra.run import run  # noqa: E402
 
@@ -247,6 +248,87 @@ class Repo:
             if kind in changes:
                 changes[kind].append(path.strip())
         return changes["M"], changes["D"], changes["A"]
+
+    def tree(
+        self, checksum: str, subpath: str = "/usr", recursive: bool = True
+    ) -> dict[str, TreeEntry]:
+        """Every entry under `subpath` of the commit (itself included; with recursive=False,
+        its entries alone), by absolute path. Raises RepoError if the commit or its tree
+        objects are missing."""
+        # libostree's own listing walks the tree objects in C: 0.3 s for a server tree,
+        # where the GObject file API takes twice that.
+        try:
+            deep = ["-R"] if recursive else []
+            out = run(["ostree", f"--repo={self.path}", "ls", *deep, "-C", checksum, subpath])
+        except ToolError as e:
+            raise RepoError(
+                f"cannot read {subpath} of {checksum[:12]} in {self.path}",
+                f"check the repository: ostree fsck --repo={self.path}",
+            ) from e
+        entries: dict[str, TreeEntry] = {}
+        for line in out.stdout.splitlines():
+            kind, perms = line[:1], int(line[1:7], 8)
+            if kind == "d":
+                _, uid, gid, _, _, _, path = line.split(maxsplit=6)
+                entries[path] = TreeEntry("d", stat.S_IFDIR | perms, int(uid), int(gid))
+                continue
+            _, uid, gid, size, sum_, path = line.split(maxsplit=5)
+            if kind == "l":
+                path, _, target = path.partition(" -> ")
+                mode = stat.S_IFLNK | perms
+                entries[path] = TreeEntry("l", mode, int(uid), int(gid), sum_, target, int(size))
+            else:
+                mode = stat.S_IFREG | perms
+                entries[path] = TreeEntry("-", mode, int(uid), int(gid), sum_, None, int(size))
+        return entries
+
+    def object_path(self, checksum: str) -> Path:
+        """Where a bare repo keeps the file object `checksum`."""
+        return self.path / "objects" / checksum[:2] / f"{checksum[2:]}.file"
+
+
+_NOFOLLOW = Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of a commit's tree: kind ("d", "-", "l"), mode (with the type bits), owner,
+    and a file's content checksum or a symlink's target."""
+
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    checksum: str | None = None
+    target: str | None = None
+    size: int = 0
+
+
+def file_checksum(path: Path) -> str:
+    """libostree's checksum of the file (or symlink) at `path`: its bytes, mode, owner and
+    extended attributes, as a bare repo's object of it would be named. OSError if unreadable."""
+    try:
+        _, raw = OSTree.checksum_file(Gio.File.new_for_path(str(path)), OSTree.ObjectType.FILE)
+    except GLib.Error as e:
+        raise OSError(f"cannot read {path}: {e.message}") from e
+    return str(OSTree.checksum_from_bytes(raw))
+
+
+def file_checksum_as(path: Path, mode: int, uid: int, gid: int) -> str:
+    """The checksum the file at `path` would have with this mode and owner (and no extended
+    attributes): how `verify` tells a changed mode from changed bytes. OSError if unreadable."""
+    handle = Gio.File.new_for_path(str(path))
+    try:
+        info = handle.query_info("standard::*,unix::*", _NOFOLLOW, None)
+        info.set_attribute_uint32("unix::mode", mode)
+        info.set_attribute_uint32("unix::uid", uid)
+        info.set_attribute_uint32("unix::gid", gid)
+        _, raw = OSTree.checksum_file_from_input(
+            info, None, handle.read(None), OSTree.ObjectType.FILE
+        )
+    except GLib.Error as e:
+        raise OSError(f"cannot read {path}: {e.message}") from e
+    return str(OSTree.checksum_from_bytes(raw))
 
 
 def _to_variant(metadata: dict[str, MetadataValue]) -> Any:

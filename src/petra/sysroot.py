@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from petra import inspect, kargs, layering
+from petra import inspect, kargs, layering, space
 from petra.compose.cache import default_cache_dir
 from petra.errors import PetraError, RepoError, UsageError
 from petra.layering import Layers
@@ -154,6 +154,7 @@ def deploy(sysroot: Sysroot, source_repo: Path, rev: str, reporter: Reporter) ->
     url = "file://" + str(source_repo.absolute())
     remote = remote_name(url)
     with sysroot.writing():
+        space.check(space.needs(sysroot, source, checksum))
         sysroot.ensure_remote(remote, url)
         reporter.step("pull", f"{rev} from {source_repo}")
         if ref:
@@ -240,6 +241,11 @@ def check_update(sysroot: Sysroot, commit_only: bool) -> tuple[Deployment, str, 
             f"the source of {source.ref}, {local}, is gone",
             "deploy again from a repository that exists: petra deploy --repo R REF",
         )
+    if url.startswith("file://") and not commit_only:  # will the new commit fit?
+        origin = Repo.open(local)
+        new = origin.resolve(source.ref, allow_missing=True)
+        if new and new != layering.base_of(sysroot.repo.read_commit(default.checksum)):
+            space.check(space.needs(sysroot, origin, new))
     checksum = sysroot.pull(source.remote, source.ref, commit_only=commit_only)
     return default, f"{source.remote}:{source.ref}", checksum
 

@@ -3,8 +3,10 @@ then prove what a kill may leave. After every kill, in this order: the file syst
 frozen (else it is thawed and the test fails with the kill's number and the seed); `ostree
 fsck` of the sysroot's repo is clean; `petra status` reads and agrees with `ostree admin status`
 and the bootloader entries; the deployment list is exactly the one before or the one the
-command writes; every listed tree holds every file of its commit's /usr; the same command,
-run again, succeeds and leaves no stray deployment directory.
+command writes; every listed tree holds every file of its commit's /usr; after a kill that
+landed mid-write (after every kill with $PETRA_KILL_VERIFY=all, as `make soak` sets it),
+`petra verify` finds every file's bytes, mode and owner as the commit has them; the same
+command, run again, succeeds and leaves no stray deployment directory.
 
 The sysroot must live on the test run's loop-mounted file system (`testfs`): a kill inside
 libostree's freeze window freezes the file system that holds it.
@@ -39,6 +41,7 @@ Ident = tuple[str, int]  # a listed deployment: (commit, serial)
 # the command, such as a layered commit).
 Expected = list[Ident | str]
 NEW = "*"
+VERIFY_ALL = os.environ.get("PETRA_KILL_VERIFY") == "all"
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,9 @@ class KillHarness:
         ), f"{label}: the deployments are {now}, neither {before} nor {after}"
         for commit, serial in now:
             self.assert_complete(commit, serial, label)
+        if wrote or VERIFY_ALL:
+            verified = petra("verify", "--sysroot", self.sysroot, check=False)
+            assert verified.returncode == 0, f"{label}: {verified.stdout[-2000:]}"
 
         if not rerun:
             return kill

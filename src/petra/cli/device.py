@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from petra import kargs, layering, stateroot
 from petra import sysroot as device
 from petra.cli.output import date, print_json, reporter_for
-from petra.errors import UsageError
+from petra.errors import IntegrityError, RepoError, UsageError
 from petra.layering import Layers
 from petra.ostree import Sysroot
 
@@ -109,6 +110,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
             help=text,
         )
     p.set_defaults(func=cmd_kargs)
+
+    p = sub.add_parser(
+        "verify", parents=[common, where], help="check the deployments' files against the commits"
+    )
+    p.add_argument("--deployment", type=int, default=None, metavar="N", help="(default: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("enter", parents=[common, where], help="run a deployment as a container")
     p.add_argument("--deployment", type=int, default=None, metavar="N", help="(default: 0)")
@@ -319,6 +327,69 @@ def cmd_kargs(args: argparse.Namespace) -> int:
     if result.removed:
         print(f"removed {result.removed} old deployment(s)")
     return 0
+
+
+SHOWN = 20  # problems or /etc changes printed per deployment (--json has them all)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from petra import verify
+
+    sysroot = Sysroot.open(args.sysroot)
+    if args.deployment is None:
+        chosen = sysroot.deployments()
+        if not chosen:
+            raise RepoError(f"{sysroot.path} has no deployment", "deploy one with: petra deploy")
+    else:
+        chosen = [device.pick(sysroot, args.deployment)]
+    start = time.monotonic()
+    reports = verify.verify(sysroot, chosen)
+    seconds = time.monotonic() - start
+    if args.json:
+        print_json([verify_data(r) for r in reports])
+    else:
+        for r in reports:
+            dep = r.deployment
+            head = f"deployment {dep.index} ({dep.checksum[:12]}.{dep.serial})"
+            if r.ok:
+                print(f"{head}: /usr matches its commit ({r.checked} entries checked)")
+            else:
+                print(f"{head}: {len(r.problems)} difference(s) in /usr")
+                for p in r.problems[:SHOWN]:
+                    print(f"    {p.kind:10} {p.path}" + (f" ({p.detail})" if p.detail else ""))
+                if len(r.problems) > SHOWN:
+                    print(f"    … and {len(r.problems) - SHOWN} more (--json lists them all)")
+            if r.etc:
+                print(f"  /etc: {len(r.etc)} local change(s) against /usr/etc")
+                for c in r.etc[:SHOWN]:
+                    print(f"    {c.change:10} {c.path}")
+                if len(r.etc) > SHOWN:
+                    print(f"    … and {len(r.etc) - SHOWN} more")
+        print(f"took {seconds:.1f} s")
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        count = sum(len(r.problems) for r in bad)
+        which = ", ".join(str(r.deployment.index) for r in bad)
+        raise IntegrityError(
+            f"{count} file(s) of deployment {which} differ from the commit",
+            "deploy the commit again (petra deploy --repo R REF) or roll back to a good one; "
+            "check the repo's objects too: ostree fsck",
+        )
+    return 0
+
+
+def verify_data(r: Any) -> dict[str, Any]:
+    """The documented shape of one deployment in `petra verify --json`."""
+    dep = r.deployment
+    return {
+        "index": dep.index,
+        "commit": dep.checksum,
+        "serial": dep.serial,
+        "ok": r.ok,
+        "checked": r.checked,
+        "problems": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in r.problems],
+        "etc": [{"path": c.path, "change": c.change} for c in r.etc],
+    }
 
 
 def cmd_enter(args: argparse.Namespace) -> int:

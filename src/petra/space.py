@@ -1,0 +1,142 @@
+"""Will it fit? The bytes a deploy or upgrade of a commit needs on the sysroot's file systems
+(its repo's, and /boot's when that is another), reckoned from the source repository before
+anything is pulled or checked out, so that a refused command changes nothing.
+
+What is counted, per file system:
+- the repo: every file object of the commit the sysroot's repo lacks (nothing when the source
+  repo is on the same file system: libostree links the objects), plus a block per directory
+  for the new tree objects;
+- the deployment: a block per directory of the checkout (files are hardlinks) and a copy of
+  /usr/etc, which becomes its /etc;
+- /boot: the kernel and initramfs, unless a deployment already has the same ones (libostree
+  shares them) or /boot is the repo's file system (it links them), plus the new entries.
+Available is what an unprivileged writer may use, less the share libostree keeps free on the
+repo's file system (core.min-free-space-percent, 3 % unless the repo says otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from petra.errors import SpaceError
+from petra.ostree import Repo, Sysroot, TreeEntry
+
+BLOCK = 4096
+ENTRIES = 1 << 20  # the new bootloader entries and loader directory, with room to spare
+DEFAULT_RESERVE_PERCENT = 3
+
+
+@dataclass(frozen=True)
+class Need:
+    """Bytes needed and available on one file system of the sysroot."""
+
+    where: Path
+    needed: int
+    available: int
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.available
+
+
+def needs(sysroot: Sysroot, source: Repo, checksum: str) -> list[Need]:
+    """What deploying `checksum` from `source` takes on each file system of `sysroot`."""
+    tree = source.tree(checksum, "/")
+    repo_dev = os.stat(sysroot.repo.path).st_dev
+    boot = sysroot.path / "boot"
+    boot_dev = os.stat(boot).st_dev
+    linked = os.stat(source.path).st_dev == repo_dev
+    objects = 0
+    for sum_ in {e.checksum for e in tree.values() if e.checksum}:
+        if not linked and not sysroot.repo.object_path(sum_).exists():
+            objects += _blocks(source.object_path(sum_))
+    dirs = sum(1 for e in tree.values() if e.kind == "d")
+    etc = sum(
+        _blocks(source.object_path(e.checksum))
+        for path, e in tree.items()
+        if e.checksum and path.startswith("/usr/etc/")
+    )
+    on_repo = objects + 2 * dirs * BLOCK + etc
+    on_boot = ENTRIES
+    kernel = _kernel_files(tree)
+    if boot_dev != repo_dev and not _kernel_in_use(sysroot, kernel):
+        on_boot += sum(_blocks(source.object_path(e.checksum or "")) for e in kernel.values())
+    if boot_dev == repo_dev:
+        return [Need(sysroot.path, on_repo + on_boot, available(sysroot.repo.path, reserve=True))]
+    return [
+        Need(sysroot.path, on_repo, available(sysroot.repo.path, reserve=True)),
+        Need(boot, on_boot, available(boot)),
+    ]
+
+
+def check(found: Iterable[Need]) -> None:
+    """SpaceError for the first file system the command does not fit, naming the bytes needed
+    and available."""
+    for need in found:
+        if not need.fits:
+            raise SpaceError(
+                f"not enough space on the file system of {need.where}: {_mb(need.needed)} "
+                f"needed, {_mb(need.available)} available",
+                "free some (petra cleanup drops old deployments; unpin what is pinned) "
+                "or grow the file system; nothing was written",
+            )
+
+
+def available(path: Path, reserve: bool = False) -> int:
+    """Bytes a writer may still use on the file system of `path`; with `reserve`, less the
+    share libostree keeps free there."""
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if reserve:
+        free -= st.f_blocks * st.f_frsize * _reserve_percent(path) // 100
+    return max(free, 0)
+
+
+def _reserve_percent(repo: Path) -> int:
+    try:
+        for line in (repo / "config").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "min-free-space-percent" and value.strip().isdigit():
+                return int(value.strip())
+    except OSError:
+        pass
+    return DEFAULT_RESERVE_PERCENT
+
+
+def _kernel_files(tree: dict[str, TreeEntry]) -> dict[str, TreeEntry]:
+    """The kernel and initramfs of a tree, where libostree looks for them."""
+    return {
+        path: entry
+        for path, entry in tree.items()
+        if path.startswith("/usr/lib/modules/")
+        and path.count("/") == 5
+        and path.rsplit("/", 1)[1] in ("vmlinuz", "initramfs.img")
+    }
+
+
+def _kernel_in_use(sysroot: Sysroot, kernel: dict[str, TreeEntry]) -> bool:
+    """Whether a listed deployment boots the same kernel and initramfs (libostree shares the
+    copy in /boot then)."""
+    wanted = {path: e.checksum for path, e in kernel.items()}
+    for dep in sysroot.deployments():
+        theirs: dict[str, TreeEntry] = {}
+        for path, entry in sysroot.repo.tree(dep.checksum, "/usr/lib/modules", False).items():
+            if entry.kind == "d" and path.count("/") == 4:
+                theirs |= _kernel_files(sysroot.repo.tree(dep.checksum, path, False))
+        if {path: e.checksum for path, e in theirs.items()} == wanted:
+            return True
+    return False
+
+
+def _blocks(path: Path) -> int:
+    try:
+        return os.lstat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+def _mb(count: int) -> str:
+    return f"{count / 1e6:.0f} MB" if count >= 10e6 else f"{count / 1e6:.1f} MB"
