@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from petra import vm  # noqa: E402
+from petra import health, vm  # noqa: E402
 from petra.compose.rootfs import requested_packages  # noqa: E402
 from petra.freeze import thaw_guard  # noqa: E402
 from petra.reporting import SilentReporter  # noqa: E402
@@ -330,6 +330,7 @@ def boot_rows(petra: list[str], work: Path, repo: Path, first: str) -> list[Row]
     began, ended = map(float, upgrade.output.split()[-2:])
     auto = vm.choose_accel(vm.Machine(overlay), SilentReporter())
     rows: list[Row] = [("petra image build (server)", f"{build_s:.1f} s", sizes)]
+    rows += rollback_rows(petra, work, repo, disk)
     for name, run in zip(("first boot", "reboot"), runs, strict=True):
         phases = ", ".join(f"{k} {v:.0f} s" for k, v in run.milestones.items())
         note = f"power-off at {run.exit_seconds:.0f} s; {phases} (goal <= 20 s)"
@@ -339,6 +340,27 @@ def boot_rows(petra: list[str], work: Path, repo: Path, first: str) -> list[Row]
                  "one-package change, pulled from the 9p share"))  # fmt: skip
     rows.append(("`vm run --accel auto` picks", auto, "kvm only if a probe boot shows the kernel"))
     return rows
+
+
+def rollback_rows(petra: list[str], work: Path, repo: Path, disk: Path) -> list[Row]:
+    """A bad update (its required health check fails; the default 3 attempts) upgraded to
+    inside the VM, then the machine powered on: the time until the previous deployment runs a
+    command again, on its own."""
+    spec = work / "broken.toml"
+    spec.write_text(f'include = ["{SPEC}"]\nversion = "broken"\n'
+                    '[health.required]\nbench = "false"\n')  # fmt: skip
+    timed([*petra, "compose", str(spec), "--repo", str(repo), "--cache", str(work / "cache"),
+           "--quiet"])  # fmt: skip
+    overlay = work / "rollback.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk), "-F", "raw",
+                    str(overlay)], check=True)  # fmt: skip
+    shared = vm.Machine(overlay, share=repo, accel="tcg")
+    vm.run_command(shared, ["petra", "upgrade", "-q"], SilentReporter(), timeout=900)
+    back = vm.run_command(shared, ["petra", "status"], SilentReporter(), timeout=1800)
+    assert "automatic rollback" in back.output, back.output
+    return [("bad update -> good deployment running again (TCG)", f"{back.result_seconds:.0f} s",
+             f"{back.boots} boots: {health.DEFAULT_ATTEMPTS} failed attempts, then GRUB's "
+             "fallback; from power-on")]  # fmt: skip
 
 
 def main() -> None:

@@ -81,9 +81,14 @@ def human(size: int) -> str:
     return f"{math.ceil(size / (1 << 20))} MiB"
 
 
+PANIC_REBOOT_SECONDS = 10
+
+
 def kernel_args(fs_uuid: str, spec_args: list[str]) -> list[str]:
-    """The first deployment's kernel command line: the root file system, then the spec's."""
-    return [f"root=UUID={fs_uuid}", "rw", *spec_args]
+    """The first deployment's kernel command line: the root file system, a kernel panic that
+    reboots after 10 s (an unattended machine comes back, and GRUB counts the attempt of a
+    deployment on trial), then the spec's."""
+    return [f"root=UUID={fs_uuid}", "rw", f"panic={PANIC_REBOOT_SECONDS}", *spec_args]
 
 
 # --- the build -------------------------------------------------------------------------------

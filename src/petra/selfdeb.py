@@ -1,8 +1,9 @@
 """Petra as a Debian package, built from the running petra's own source (a spec's `petra = true`).
 
-The .deb installs the petra Python package under /usr/lib/python3/dist-packages and the `petra`
-command in /usr/bin, and depends on what petra needs on a device (Python, PyGObject, libostree's
-typelib, ostree, bubblewrap). Its version carries a digest of the source, and every file's time
+The .deb installs the petra Python package under /usr/lib/python3/dist-packages, the `petra`
+command in /usr/bin, the units and the GRUB snippet of boot assessment (see health), and
+depends on what petra needs on a device (Python, PyGObject, libostree's typelib, ostree,
+bubblewrap). Its version carries a digest of the source, and every file's time
 is fixed, so the same source always gives the same bytes (and the same commit).
 """
 
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import petra
+from petra import health
 from petra.run import run
 
 PACKAGE = "petra"
@@ -64,6 +66,24 @@ def version() -> str:
     return f"{petra.__version__}+src{digest.hexdigest()[:12]}"
 
 
+def _stage_file(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _stage_boot_assessment(stage: Path) -> None:
+    """GRUB's boot counting and the units that judge a boot (see health)."""
+    _stage_file(stage / "etc/grub.d" / health.GRUB_SCRIPT_NAME, health.GRUB_SCRIPT, 0o755)
+    units = stage / "usr/lib/systemd/system"
+    _stage_file(units / health.SERVICE, health.SERVICE_UNIT)
+    for target, kind in ((health.REQUIRED_TARGET, "required"), (health.WANTED_TARGET, "wanted")):
+        _stage_file(units / target, health.TARGET_UNIT.format(kind=kind))
+    wants = units / "multi-user.target.wants"
+    wants.mkdir()
+    (wants / health.SERVICE).symlink_to(f"../{health.SERVICE}")
+
+
 def build(dest_dir: Path) -> Path:
     """Build (or reuse) petra_<version>_all.deb in `dest_dir`; returns its path.
 
@@ -82,10 +102,8 @@ def build(dest_dir: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(root / rel, target)
             target.chmod(0o644)
-        launcher = stage / "usr/bin/petra"
-        launcher.parent.mkdir(parents=True)
-        launcher.write_text(LAUNCHER)
-        launcher.chmod(0o755)
+        _stage_file(stage / "usr/bin/petra", LAUNCHER, 0o755)
+        _stage_boot_assessment(stage)
         control = stage / "DEBIAN/control"
         control.parent.mkdir()
         control.write_text(

@@ -48,6 +48,8 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_CHECK_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+_HEALTH_KEYS = {"attempts", "required", "wanted"}
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@-]+\.(service|socket|timer|target|path|mount)$")
 
 
@@ -83,6 +85,16 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """A health check of the spec: a shell command run once a boot reached multi-user.target;
+    a failing required one makes the boot bad (see petra.health)."""
+
+    name: str
+    command: str
+    required: bool
+
+
+@dataclass(frozen=True)
 class Spec:
     path: Path
     name: str
@@ -100,8 +112,22 @@ class Spec:
     files: tuple[FileEntry, ...]
     users: tuple[User, ...]
     petra: bool = False  # install this petra (a .deb of its own source): the system manages itself
+    boot_attempts: int | None = None  # boots a new deployment gets on trial (None: petra's)
+    health_checks: tuple[HealthCheck, ...] = ()
     # Where each key (and each package name) was set, for errors found after parsing.
     locations: Mapping[str, Location] = field(default_factory=dict, compare=False)
+
+    def _health_json(self) -> dict[str, Any]:
+        # Only when set, so that specs without [health] keep their digest.
+        if self.boot_attempts is None and not self.health_checks:
+            return {}
+        return {
+            "health": {
+                "attempts": self.boot_attempts,
+                "required": {c.name: c.command for c in self.health_checks if c.required},
+                "wanted": {c.name: c.command for c in self.health_checks if not c.required},
+            }
+        }
 
     @property
     def ref(self) -> str:
@@ -129,6 +155,7 @@ class Spec:
                 "enable": list(self.services_enable),
                 "disable": list(self.services_disable),
             },
+            **self._health_json(),
             "files": {f.destination: {"sha256": f.sha256, "mode": f.mode} for f in self.files},
             "users": [
                 {
@@ -245,6 +272,12 @@ SETTINGS: dict[str, Setting] = {
     "services": Setting("table", "[services] enable = [...], disable = [...]", default={}),
     "files": Setting(
         "table", '[files] "/etc/x" = "files/x" (source relative to the spec)', default={}
+    ),
+    "health": Setting(
+        "table",
+        "[health] attempts = 3 (boots on trial), [health.required] / [health.wanted] "
+        'NAME = "shell command"',
+        default={},
     ),
     "users": Setting(
         "tables",
@@ -363,6 +396,37 @@ def _validate_file(path: Path, text: str, data: dict[str, Any]) -> None:
     for index, user in enumerate(data.get("users", [])):
         where = Location(path, _find_nth_table(text, "users", index))
         _validate_user(where, user)
+    _validate_health(path, text, data.get("health", {}))
+
+
+def _validate_health(path: Path, text: str, health: dict[str, Any]) -> None:
+    for key, value in health.items():
+        where = Location(path, _find_line(text, "health", key) or _find_line(text, None, key))
+        if key not in _HEALTH_KEYS:
+            raise SpecError(
+                f"{where}: unknown key 'health.{key}'", "use attempts, required or wanted"
+            )
+        if key == "attempts":
+            _check_type(where, "health.attempts", "int", value)
+            if not 1 <= value <= 9:
+                raise SpecError(
+                    f"{where}: health.attempts: {value} is outside 1..9",
+                    "give the boots a new deployment gets before the previous one returns",
+                )
+            continue
+        _check_type(where, f"health.{key}", "table", value)
+        for name, command in value.items():
+            spot = Location(path, _find_line(text, f"health.{key}", name) or where.line)
+            if not _CHECK_RE.match(name):
+                raise SpecError(
+                    f"{spot}: health.{key}: {name!r} is not a check name",
+                    "lowercase letters, digits and '-', at most 40",
+                )
+            if not isinstance(command, str) or not command.strip():
+                raise SpecError(
+                    f"{spot}: health.{key}.{name}: expected a shell command",
+                    f'write {name} = "systemctl is-active --quiet ssh"',
+                )
 
 
 def _validate_user(where: Location, user: dict[str, Any]) -> None:
@@ -483,6 +547,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             }
         elif key == "files":
             out[key] = {**out[key], **value}
+        elif key == "health":
+            out[key] = {
+                **out[key],
+                **value,
+                **{k: {**out[key].get(k, {}), **value[k]} for k in ("required", "wanted")
+                   if k in value},
+            }  # fmt: skip
         elif key == "users":
             by_name = {u["name"]: u for u in out[key]}
             by_name.update({u["name"]: u for u in value})
@@ -525,6 +596,24 @@ def _build(path: Path, data: dict[str, Any], locations: dict[str, Location]) -> 
         for u in data.get("users", [])
     )
     files = tuple(sorted(data.get("files", {}).values(), key=lambda f: f.destination))
+    health = data.get("health", {})
+    checks = tuple(
+        HealthCheck(name, command, kind == "required")
+        for kind in ("required", "wanted")
+        for name, command in sorted(health.get(kind, {}).items())
+    )
+    both_kinds = set(health.get("required", {})) & set(health.get("wanted", {}))
+    if both_kinds:
+        raise SpecError(
+            f"{locations.get('health', Location(path))}: health: {sorted(both_kinds)[0]} is "
+            "both required and wanted",
+            "keep it in one table",
+        )
+    if (checks or "attempts" in health) and not data.get("petra", False):
+        raise SpecError(
+            f"{locations.get('health', Location(path))}: health: needs petra = true",
+            "the booted system's petra runs the checks and ends a trial",
+        )
     return Spec(
         path=path,
         name=data["name"],
@@ -542,6 +631,8 @@ def _build(path: Path, data: dict[str, Any], locations: dict[str, Location]) -> 
         services_disable=tuple(services.get("disable", [])),
         files=files,
         users=users,
+        boot_attempts=health.get("attempts"),
+        health_checks=checks,
         locations=locations,
     )
 

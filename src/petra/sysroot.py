@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from petra import inspect, kargs, layering, space
+from petra import health, inspect, kargs, layering, space
 from petra.compose.cache import default_cache_dir
 from petra.errors import PetraError, RepoError, UsageError
 from petra.layering import Layers
@@ -192,20 +193,32 @@ def _deploy_commit(
     reporter.step("deploy", f"{info.version or checksum[:12]} into {osname}")
     extra = layers.origin() if layers is not None and not layers.empty else None
     new = sysroot.deploy_tree(osname, checksum, refspec, override, kargs, extra)
-    removed = _add_default(sysroot, new, current, osname)
+    removed = _add_default(sysroot, new, current, osname, info)
     return DeployResult(checksum, info.version, removed, time.monotonic() - start)
 
 
-def _add_default(sysroot: Sysroot, new: object, current: list[Deployment], osname: str) -> int:
-    """List `new` first, before `current`, less what the kept number drops (never a pinned
-    one); returns how many were dropped."""
+def _add_default(
+    sysroot: Sysroot, new: Any, current: list[Deployment], osname: str, info: CommitInfo
+) -> int:
+    """List `new` (a deployment of `info`) first, on trial, before `current`, less what the
+    kept number drops (never a pinned one); returns how many were dropped."""
     planned = keep_list([_placeholder(new, osname), *current], osname, keep_of(sysroot))
+    _start_trial(sysroot, planned[0], info)
     sysroot.write_deployments([new] + [d.handle for d in planned[1:]])
     return len(current) + 1 - len(planned)
 
 
-def _placeholder(handle: object, osname: str) -> Deployment:
-    return Deployment(0, osname, "", 0, None, False, Path(), "", handle)
+def _placeholder(handle: Any, osname: str) -> Deployment:
+    """A Deployment standing for a new (not yet listed) one."""
+    checksum, serial = handle.get_csum(), handle.get_deployserial()
+    return Deployment(0, osname, checksum, serial, None, False, Path(), "", handle)
+
+
+def _start_trial(sysroot: Sysroot, dep: Deployment, info: CommitInfo) -> None:
+    """`dep`, about to become the default, boots on trial (see health)."""
+    attempts = health.attempts_of(info.metadata)
+    var = sysroot.stateroot_var(dep.osname)
+    health.start_trial(sysroot.path, var, dep, info.version, attempts)
 
 
 @dataclass(frozen=True)
@@ -356,6 +369,8 @@ def rollback(sysroot: Sysroot) -> Deployment:
                 "rollback needs an earlier deployment; see: petra status",
             )
         order = [target, *(d for d in current if d is not target)]
+        if not target.booted:  # the running one needs no trial
+            _start_trial(sysroot, target, sysroot.repo.read_commit(target.checksum))
         sysroot.write_deployments([d.handle for d in order], prune=False)
     return target
 
@@ -404,9 +419,9 @@ def set_kernel_args(
             return None
         reporter.step("deploy", f"{default.checksum[:12]} with {' '.join(wanted)}")
         new = sysroot.redeploy(default, wanted)
-        removed = _add_default(sysroot, new, current, default.osname)
-        version = sysroot.repo.read_commit(default.checksum).version
-    return DeployResult(default.checksum, version, removed, time.monotonic() - start)
+        info = sysroot.repo.read_commit(default.checksum)
+        removed = _add_default(sysroot, new, current, default.osname, info)
+    return DeployResult(default.checksum, info.version, removed, time.monotonic() - start)
 
 
 # --- enter ---------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ MILESTONES = (
 
 RUN_UNIT = """[Unit]
 Description=The command of petra vm run
-After=multi-user.target{after}
+After=multi-user.target petra-health.service{after}
 SuccessAction=poweroff-force
 FailureAction=poweroff-force
 
@@ -102,6 +102,7 @@ class CommandResult:
     result_seconds: float  # qemu start to the command's result
     exit_seconds: float  # qemu start to qemu's exit
     milestones: dict[str, float]  # boot milestone (MILESTONES) -> seconds after qemu start
+    boots: int = 1  # kernels started: more than one when the guest rebooted
 
 
 # --- pure parts (unit-tested) ----------------------------------------------------------------
@@ -189,6 +190,11 @@ def parse_result(data: bytes, mark: str) -> tuple[str, int | None]:
     return output, 129
 
 
+def count_boots(console: bytes) -> int:
+    """How many times a kernel started, from the console's output."""
+    return len(re.findall(rb"Linux version \d", console))
+
+
 # --- running ---------------------------------------------------------------------------------
 
 
@@ -232,7 +238,8 @@ def run_command(
         argv = qemu_argv(
             machine, accel, image_format(machine.image), [f"file:{console}", f"file:{results}"]
         )
-        argv += ["-no-reboot"]
+        # A reboot by the guest (a bad boot of a deployment on trial, a kernel panic) is
+        # followed, as on a real machine: the command runs on the first boot judged good.
         for cred in command_credentials(command, mark, machine.share is not None):
             argv += ["-smbios", cred]
         reporter.step("vm", f"boot {machine.image.name} ({accel}), then: {shlex.join(command)}")
@@ -274,8 +281,10 @@ def run_command(
             except subprocess.TimeoutExpired:
                 reporter.info(f"the VM did not power off within {POWEROFF_GRACE} s; stopped it")
         exit_at = time.monotonic() - start
-        reporter.done("vm", exit_at, f"result after {result_at:.1f} s, exit {code}")
-        return CommandResult(code, text, accel, result_at, exit_at, milestones)
+        boots = max(1, count_boots(console.read_bytes() if console.exists() else b""))
+        detail = f"result after {result_at:.1f} s, exit {code}"
+        reporter.done("vm", exit_at, detail + (f", {boots} boots" if boots > 1 else ""))
+        return CommandResult(code, text, accel, result_at, exit_at, milestones, boots)
 
 
 def _note_milestones(console: Path, seen: dict[str, float], now: float) -> None:

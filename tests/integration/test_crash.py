@@ -1,7 +1,7 @@
 """Crash-safe deployments: deploy, upgrade, rollback and cleanup SIGKILLed at random moments
 leave the old system or the new one, complete, usable, and never a frozen file system.
 
-$PETRA_KILLS sets the number of kills of deploy/upgrade/rollback/cleanup (`make test`: 32;
+$PETRA_KILLS sets the number of kills of deploy/upgrade/rollback/cleanup (`make test`: 30;
 `make soak`: 300 by default), $PETRA_LAYER_KILLS those of install/uninstall (15; 100),
 $PETRA_PIN_KILLS those of kargs/pin/unpin/cleanup with a pinned deployment (30; 200), and
 $PETRA_KILL_SEED replays a run; the seed and the counts are printed at the end of the run.
@@ -20,7 +20,7 @@ from tests.integration.sysroots import Source, status
 
 pytestmark = pytest.mark.integration
 
-KILLS = int(os.environ.get("PETRA_KILLS", "32"))
+KILLS = int(os.environ.get("PETRA_KILLS", "30"))
 LAYER_KILLS = int(os.environ.get("PETRA_LAYER_KILLS", "15"))
 PIN_KILLS = int(os.environ.get("PETRA_PIN_KILLS", "30"))
 KEEP = 2
@@ -137,7 +137,7 @@ def test_sigkill_during_kargs_pin_unpin_and_cleanup_with_pins(
     source = Source(releases, "pin-kills")
     sysroot = testfs / "sysroots" / "pin-kills"
     sysroot_repo = sysroot / "ostree/repo"
-    harness = KillHarness(testfs, sysroot, kill_seed + 2)
+    harness = KillHarness(testfs, sysroot, kill_seed + 2, verify=True)
     petra("init", "--sysroot", sysroot, "--keep", str(KEEP))
     petra("deploy", "--sysroot", sysroot, "--repo", source.repo, source.ref)
     petra("kargs", "--sysroot", sysroot, "--append", "petra.kill=0")

@@ -7,6 +7,7 @@ htop (v2). Each test follows its own ref in the shared repo, so moving it is fre
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -217,6 +218,13 @@ def test_rollback_with_one_deployment(deployed: Path) -> None:
     before = snapshot(deployed)
     assert_refused(petra("rollback", "--sysroot", deployed, check=False), "nothing to roll back")
     assert snapshot(deployed) == before
+    # Judging a boot is for the machine that booted the sysroot; and a sysroot that does not
+    # boot with GRUB has no trials: status shows no health.
+    judged = petra("health", "--boot", "--sysroot", deployed, check=False)
+    assert_refused(judged, "not the running system's sysroot")
+    assert snapshot(deployed) == before
+    status = json.loads(petra("status", "--sysroot", deployed, "--json").stdout)
+    assert [d["health"] for d in status] == [None]
 
 
 def test_enter_out_of_range_and_missing_command(deployed: Path) -> None:

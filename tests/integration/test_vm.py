@@ -1,6 +1,7 @@
 """The vm tier: the composed server spec as a disk image, booted in qemu (TCG), checked from inside:
 a healthy first boot, then the update cycle (upgrade from a shared repo, reboot, rollback, reboot)
-with the petra the image carries.
+with the petra the image carries, power cuts of a deployment on trial, and the automatic
+rollbacks of a release whose kernel crashes and of one whose required health check fails.
 
 One image per session; every test boots its own copy-on-write overlay of it (qemu-img create -b),
 so no test changes what another sees. A boot under TCG costs about a minute here.
@@ -12,6 +13,7 @@ import contextlib
 import json
 import os
 import pty
+import random
 import select
 import shutil
 import signal
@@ -20,12 +22,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from petra import health
 from petra.archive import Archive
 from tests.integration.conftest import EXAMPLES, Composed, World, compose, ostree, petra
+from tests.integration.sysroots import frozen
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +62,11 @@ def disk(image: Path, tmp_path: Path) -> Iterator[Path]:
 
 
 def vm(
-    disk: Path, *command: str, accel: str = "tcg", share: Path | None = None
+    disk: Path,
+    *command: str,
+    accel: str = "tcg",
+    share: Path | None = None,
+    console: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return petra(
         "vm",
@@ -66,6 +75,7 @@ def vm(
         "--accel",
         accel,
         *(["--share", str(share)] if share else []),
+        *(["--console", str(console)] if console else []),
         "--timeout",
         str(VM_TIMEOUT - 60),
         "--",
@@ -100,6 +110,8 @@ echo "machine-id: $(cat /etc/machine-id)"
 echo "petra: $(petra status --json | tr -d '\n ')"
 petra upgrade -q >/dev/null && echo "upgrade: $(petra status --json | tr -d '\n ')"
 echo "menu: $(grep -c '^menuentry' /boot/grub/grub.cfg)"
+echo "grubenv: $(grub-editenv /boot/grub/grubenv list | grep petra_ | sort | tr '\n' ' ')"
+grub-script-check /boot/grub/grub.cfg && echo "grub-script: ok"
 """
 
 
@@ -177,10 +189,33 @@ def box_tree(w: World, name: str, dest: Path) -> None:
     ostree("--repo", dest / "repo", "pull-local", source, ref)
 
 
+def power_cut(disk: Path, after: float, scratch: Path) -> None:
+    """Boot the disk and cut the power `after` seconds in: petra vm run is killed, and qemu,
+    which dies with it, stops wherever the guest was. (No sysroot of the host is written by a
+    VM: nothing of the host can be left frozen; the caller checks.)"""
+    argv = [sys.executable, "-m", "petra", "vm", "run", str(disk), "--accel", "tcg", "-q"]
+    env = {**os.environ, "TMPDIR": str(scratch)}  # where a killed vm run leaves its console
+    proc = subprocess.Popen(
+        [*argv, "--", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    try:
+        proc.wait(after)  # (a boot that ends before the cut is a boot that was not cut)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(60)
+    for _ in range(300):
+        if not qemus():
+            break
+        time.sleep(0.1)
+    assert not qemus(), "qemu outlived the power cut"
+
+
 def test_boot_upgrade_reboot_rollback_reboot(
-    disk: Path, server: Composed, world: World, testfs: Path
+    disk: Path, server: Composed, world: World, testfs: Path, kill_seed: int, tmp_path: Path
 ) -> None:
-    share, v2 = next_release(server, Path(tempfile.mkdtemp(dir=testfs)))
+    where = Path(tempfile.mkdtemp(dir=testfs))
+    share, v2 = next_release(server, where)
+    broken = broken_releases(server, share, where)
     first = vm(disk, "sh", "-c", FIRST_BOOT, share=share)
     assert first.returncode == 0, first.stderr[-3000:]
     seen = fields(first.stdout)
@@ -192,11 +227,27 @@ def test_boot_upgrade_reboot_rollback_reboot(
     assert seen["ssh"] == "1 /etc/ssh/ssh_host_ed25519_key"  # keys made on the first boot
     assert len(seen["machine-id"]) == 32 and seen["machine-id"] != "uninitialized"
     assert seen["running"] in ("running", "starting"), first.stdout
-    assert booted(seen["petra"])["commit"] == server.commit  # petra runs on the booted system
+    running = booted(seen["petra"])
+    assert running["commit"] == server.commit  # petra runs on the booted system
+    assert running["health"]["state"] == "good"  # judged before the command ran
     upgraded = deployments(seen["upgrade"])
     assert [d["commit"] for d in upgraded] == [v2, server.commit], seen["upgrade"]
     assert upgraded[1]["booted"] and not upgraded[0]["booted"]
+    assert upgraded[0]["health"]["state"] == "trial"
+    assert upgraded[0]["health"]["attempts-left"] == health.DEFAULT_ATTEMPTS
     assert seen["menu"] == "2"  # GRUB's menu lists both deployments
+    # the boot counting GRUB does, with the block and the menu GRUB's own tools accept
+    trial = f"petra_trial={v2}.0 petra_tries={health.DEFAULT_ATTEMPTS}"
+    assert seen["grubenv"].strip() == trial, seen["grubenv"]
+    assert seen["grub-script"] == "ok"
+
+    # Power cuts of the new version's boots (each may cost an attempt; there are more
+    # attempts than cuts), then a whole boot: it becomes good. The first cut is at the login
+    # prompt of an interactive boot (the console on a pseudo-terminal; Ctrl-A X stops qemu),
+    # the second at a random moment.
+    interactive_until_login(disk)
+    power_cut(disk, random.Random(kill_seed).uniform(2, 40), tmp_path)
+    assert not frozen(testfs), f"a power cut left {testfs} frozen (thawed it now)"
 
     # Reboot: the new version runs, with the /etc change and the /var state; roll back.
     second = vm(
@@ -204,11 +255,13 @@ def test_boot_upgrade_reboot_rollback_reboot(
         "sh",
         "-c",
         "petra status --json | tr -d '\\n '; echo; command -v htop;"
-        " cat /var/lib/petra-test/marker /etc/petra-test; petra rollback -q; exit 7",
+        " cat /var/lib/petra-test/marker /etc/petra-test;"
+        " grub-editenv /boot/grub/grubenv list | grep -c petra_; petra rollback -q; exit 7",
     )
     assert second.returncode == 7, second.stderr[-3000:]  # the command's own exit code
-    status, htop, marker, etc = second.stdout.splitlines()[:4]
+    status, htop, marker, etc, counting = second.stdout.splitlines()[:5]
     assert booted(status)["commit"] == v2 and len(deployments(status)) == 2
+    assert booted(status)["health"]["state"] == "good" and counting == "0"  # trial over
     assert htop == "/usr/bin/htop" and marker == "kept" and etc == "changed"
 
     # Reboot: the old version runs again, without htop, with the same /var; both are listed.
@@ -235,6 +288,7 @@ def test_boot_upgrade_reboot_rollback_reboot(
     seen = fields(third.stdout)
     status = seen["status"]
     assert booted(status)["commit"] == server.commit and deployments(status)[0]["booted"]
+    assert booted(status)["health"]["state"] == "good"  # rolled to: on trial, then good
     assert [d["commit"] for d in deployments(status)] == [server.commit, v2]
     assert seen["htop"] == "none" and seen["marker"] == "kept"
     assert seen["install"] == "0" and seen["box"] == "0", third.stdout
@@ -252,23 +306,112 @@ def test_boot_upgrade_reboot_rollback_reboot(
         " echo htop: $(htop --version | head -1);"
         " echo marker: $(cat /var/lib/petra-test/marker);"
         " echo boxes: $(petra box list --json | tr -d '\\n ');"
-        " petra box run dev -- sh -c 'echo in-box: $(ls /usr/from-box) $(id -u)'",
+        " petra box run dev -- sh -c 'echo in-box: $(ls /usr/from-box) $(id -u)';"
+        f" petra deploy -q --repo /run/petra/share {broken.panic_ref} >/dev/null"
+        " && echo deployed: ok",
+        share=share,
     )
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     seen = fields(fourth.stdout)
     running = booted(seen["status"])
     assert running["layered"] == ["htop"] and running["base"] == server.commit, seen["status"]
+    assert running["health"]["state"] == "good"
     assert deployments(seen["status"])[1]["commit"] == server.commit  # unlayered, to roll back to
     assert seen["htop"].startswith("htop ") and seen["marker"] == "kept"
     boxes = json.loads(seen["boxes"])
     assert [(b["name"], b["suite"], b["packages"]) for b in boxes] == [("dev", "trixie", ["htop"])]
     assert seen["in-box"] == "/usr/from-box 0"
+    assert seen["deployed"] == "ok"
+    good = f"{running['commit']}.{running['serial']}"
+
+    # A release whose kernel crashes early in boot (2 attempts): panic=10 reboots, GRUB counts
+    # both attempts, then falls back to the layered deployment, and petra makes that the
+    # default again; nothing of the crashed one ever reported. (And: the exit code of the
+    # command is vm run's; --accel auto says which accelerator it took.) Then a release whose
+    # required check fails (1 attempt).
+    console = tmp_path / "console"
+    fifth = vm(
+        disk, "sh", "-c",
+        f"{STATUS}; petra deploy -q --repo /run/petra/share {broken.failing_ref} >/dev/null"
+        " && echo deployed: ok; false",
+        share=share, console=console, accel="auto",
+    )  # fmt: skip
+    assert fifth.returncode == 1, fifth.stderr[-3000:]
+    assert "accel: kvm" in fifth.stderr or "accel: tcg" in fifth.stderr, fifth.stderr
+    assert "3 boots" in fifth.stderr, fifth.stderr[-2000:]  # 2 crashes, then the fallback
+    assert b"Kernel panic" in console.read_bytes()
+    seen = fields(fifth.stdout)
+    now = deployments(seen["status"])
+    assert now[0]["booted"] and f"{now[0]['commit']}.{now[0]['serial']}" == good
+    assert now[1]["commit"] == broken.panic and now[1]["health"]["state"] == "failed"
+    assert now[1]["health"]["failed-check"] == health.NEVER_REPORTED
+    assert now[1]["health"]["automatic-rollback"]["to"] == good
+    assert "2026.11.4" in seen["notice"] and "did not boot healthy" in seen["notice"]
+    assert seen["deployed"] == "ok"
+
+    # The required check fails (1 attempt): the boot is judged bad and reboots, GRUB boots
+    # the previous entry; petra makes it the default again.
+    sixth = vm(disk, "sh", "-c", STATUS)
+    assert sixth.returncode == 0, sixth.stderr[-3000:]
+    assert "2 boots" in sixth.stderr, sixth.stderr[-2000:]  # the attempt, then the fallback
+    seen = fields(sixth.stdout)
+    now = deployments(seen["status"])
+    assert now[0]["booted"] and f"{now[0]['commit']}.{now[0]['serial']}" == good
+    assert now[0]["health"]["state"] == "good"
+    failed = now[1]["health"]
+    assert now[1]["commit"] == broken.failing and failed["state"] == "failed", failed
+    assert failed["failed-check"] == "petra-check-app-ready.service failed (exit-code)"
+    assert failed["automatic-rollback"]["to"] == good
+    assert "automatic rollback at" in seen["notice"] and "2026.11.3" in seen["notice"]
 
 
-def test_false_exits_1_and_auto_says_which_accelerator(disk: Path) -> None:
-    result = vm(disk, "false", accel="auto")
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "accel: kvm" in result.stderr or "accel: tcg" in result.stderr, result.stderr
+CRASH_UNIT = """[Unit]
+Description=Crash the kernel early in boot (a broken update, for petra's automatic rollback)
+DefaultDependencies=no
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo c > /proc/sysrq-trigger'
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
+@dataclass(frozen=True)
+class Broken:
+    failing_ref: str
+    failing: str
+    panic_ref: str
+    panic: str
+
+
+def broken_releases(server: Composed, repo: Path, where: Path) -> Broken:
+    """Into `repo`, beside the server ref: a release whose required health check fails (1
+    attempt), and one whose kernel crashes at boot (2 attempts)."""
+    failing = where / "server-check.toml"
+    failing.write_text(
+        f'include = ["{EXAMPLES / "server.toml"}"]\nname = "server-check"\n'
+        'version = "2026.11.3"\n'
+        '[health]\nattempts = 1\n[health.required]\napp-ready = "test -e /etc/app-ready"\n'
+    )
+    bad = compose(failing, repo, server.cache)
+    (where / "crash.service").write_text(CRASH_UNIT)
+    crashing = where / "server-panic.toml"
+    crashing.write_text(
+        f'include = ["{EXAMPLES / "server.toml"}"]\nname = "server-panic"\n'
+        'version = "2026.11.4"\n[health]\nattempts = 2\n'
+        '[files]\n"/etc/systemd/system/crash.service" = "crash.service"\n'
+        '[services]\nenable = ["crash.service"]\n'
+    )
+    panic = compose(crashing, repo, server.cache)
+    return Broken(bad.ref, bad.commit, panic.ref, panic.commit)
+
+
+STATUS = (
+    "echo \"status: $(petra status --json | tr -d '\\n')\";"
+    " petra status | sed -n 's/^! /notice: /p'"
+)
 
 
 def test_bad_input_is_refused_and_leaves_nothing(
@@ -326,8 +469,9 @@ def test_a_tree_without_a_kernel_is_refused(minimal: Composed, tmp_path: Path) -
     assert not list(tmp_path.iterdir())
 
 
-def test_interactive_boot_shows_a_login_prompt_and_ctrl_a_x_stops_it(disk: Path) -> None:
-    """`vm run` without a command: the serial console on the terminal (a pseudo-terminal here)."""
+def interactive_until_login(disk: Path) -> None:
+    """`vm run` without a command: the serial console on the terminal (a pseudo-terminal here)
+    shows the login prompt, and Ctrl-A X stops qemu (a power cut for the guest)."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: petra vm run on the pseudo-terminal
         os.execv(sys.executable, [sys.executable, "-m", "petra", "vm", "run", str(disk),

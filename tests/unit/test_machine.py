@@ -44,7 +44,7 @@ def test_needed_size_grows_with_the_tree_and_is_whole_mib() -> None:
 
 def test_the_first_kernel_command_line_names_the_root_first() -> None:
     args = kernel_args("1234-abcd", ["console=ttyS0,115200"])
-    assert args == ["root=UUID=1234-abcd", "rw", "console=ttyS0,115200"]
+    assert args == ["root=UUID=1234-abcd", "rw", "panic=10", "console=ttyS0,115200"]
 
 
 def test_credentials_double_commas_for_qemu() -> None:
@@ -58,7 +58,9 @@ def test_the_command_travels_quoted_and_the_unit_powers_off() -> None:
     creds = command_credentials(["true"], "MARK123", share=True)
     unit = next(c for c in creds if "extra-unit.petra-run.service" in c)
     assert "SuccessAction=poweroff-force" in unit and "FailureAction=poweroff-force" in unit
-    assert "MARK123 $${EXIT_STATUS:-none}" in unit and "After=multi-user.target run-petra" in unit
+    assert "MARK123 $${EXIT_STATUS:-none}" in unit
+    # after the boot is judged (a bad boot on trial reboots first), and after the share
+    assert "After=multi-user.target petra-health.service run-petra" in unit
     assert "{" not in unit.replace("${", "")  # every format field was filled
     dropin = next(c for c in creds if "unit-dropin.multi-user.target" in c)
     assert "Wants=petra-run.service run-petra-share.mount" in dropin

@@ -3,7 +3,8 @@
 compose → deploy into a sysroot → status → enter (a write to /usr is refused) → compose a new
 version with one more package → upgrade → status → rollback → status → layer the package onto
 the rolled-back default → status → a box of Debian bookworm, a command run in it → build a
-disk image of the ref → boot it in qemu and run `petra status` inside.
+disk image of the ref → boot it in qemu and run `petra status` inside → an update whose health
+check fails, rolled back by GRUB and petra on their own.
 """
 
 from __future__ import annotations
@@ -117,11 +118,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _shell(f"petra vm run {disk} -- sh -c {shlex.quote(inside)}")
     booted = vm.run_command(vm.Machine(disk), ["sh", "-c", inside], reporter, output=sys.stdout)
     print(f"  (exit {booted.exit_code}; result {booted.result_seconds:.0f} s after qemu started)")
+    _broken_update(args.spec, workdir, repo_path, disk, spec.version, cache, reporter)
     _say(
         "done: run the same with the petra command, e.g. petra status --sysroot "
         + str(sysroot_path)
     )
     return 0
+
+
+def _broken_update(
+    spec: Path, workdir: Path, repo_path: Path, disk: Path, version: str, cache: Path,
+    reporter: Reporter,
+) -> None:  # fmt: skip
+    """An update whose required health check fails: GRUB and petra bring the previous
+    deployment back by themselves."""
+    _say("a broken update rolls itself back: its required health check fails when it boots")
+    path = workdir / "broken.toml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        # written by petra demo: the default spec with a health check that fails, one attempt
+        include = ["{spec.absolute()}"]
+        version = "{version}.2"
+        [health]
+        attempts = 1
+        [health.required]
+        demo-app = "test -e /etc/demo-app-ready"
+        """)
+    )
+    broken = compose(load_spec(path), repo_path, cache_dir=cache, reporter=reporter)
+    print(f"commit: {broken.checksum} (version {version}.2, on {broken.ref})")
+    machine = vm.Machine(disk, share=repo_path)
+    for line in ("petra upgrade -q && petra status", "petra status"):
+        _shell(f"petra vm run {disk} --share {repo_path} -- sh -c {shlex.quote(line)}")
+        ran = vm.run_command(machine, ["sh", "-c", line], reporter, output=sys.stdout)
+        boots = f"{ran.boots} boots, " if ran.boots > 1 else ""
+        print(f"  (exit {ran.exit_code}; {boots}result {ran.result_seconds:.0f} s after qemu "
+              "started)")  # fmt: skip
 
 
 def _box(sysroot: Sysroot, cache: Path, reporter: Reporter) -> None:

@@ -1,16 +1,18 @@
-"""petra init / deploy / status / upgrade / rollback / cleanup / enter: the device side."""
+"""petra init / deploy / status / upgrade / rollback / cleanup / pin / kargs / verify / health /
+enter: the device side."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from petra import kargs, layering, stateroot
+from petra import grubenv, health, kargs, layering, stateroot
 from petra import sysroot as device
 from petra.cli.output import date, print_json, reporter_for
 from petra.errors import IntegrityError, RepoError, UsageError
@@ -118,6 +120,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser(
+        "health", parents=[common, where], help="run the health checks (--boot: judge this boot)"
+    )
+    p.add_argument(
+        "--boot",
+        action="store_true",
+        help="as petra-health.service does: record the verdict, end a trial or reboot for "
+        "another attempt, finish an automatic rollback",
+    )
+    p.set_defaults(func=cmd_health)
+
     p = sub.add_parser("enter", parents=[common, where], help="run a deployment as a container")
     p.add_argument("--deployment", type=int, default=None, metavar="N", help="(default: 0)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD")
@@ -144,8 +157,9 @@ def status_data(sysroot: Sysroot) -> list[dict[str, Any]]:
     """The documented shape of `petra status --json`: one object per deployment."""
     deployments = sysroot.deployments()
     target = device.rollback_target(deployments)
+    standing = _standing(sysroot, deployments)
     data = []
-    for dep in deployments:
+    for dep, health_of in zip(deployments, standing, strict=True):
         source = device.source_of(sysroot, dep)
         layers = Layers.of(dep)
         info = (
@@ -172,9 +186,35 @@ def status_data(sysroot: Sysroot) -> list[dict[str, Any]]:
                 "removed": list(layers.removed),
                 "kernel-args": " ".join(kargs.editable(dep.kernel_args)),
                 "pinned": dep.pinned,
+                "health": health_of.to_json() if health_of.state else None,
             }
         )
     return data
+
+
+def _standing(sysroot: Sysroot, deployments: list[Any]) -> list[health.Health]:
+    env = grubenv.read(grubenv.path_of(sysroot.path))
+    records = {
+        name: health.Records.load(sysroot.stateroot_var(name))
+        for name in {d.osname for d in deployments}
+    }
+    return [health.standing([dep], env, records[dep.osname])[0] for dep in deployments]
+
+
+def health_line(h: dict[str, Any]) -> str:
+    """How status shows a deployment's health."""
+    failed = f"failed at {h['failed-at']}: {h['failed-check']}" if h["failed-at"] else ""
+    if h["state"] == "trial":
+        left = h["attempts-left"]
+        text = f"on trial, {left} boot attempt{'s' if left != 1 else ''} left"
+        return f"{text} (last boot {failed})" if failed else text
+    if h["state"] == "failed":
+        rolled = h["automatic-rollback"]
+        return failed + (f"; rolled back automatically at {rolled['at']}" if rolled else "")
+    text = f"good since {h['since']}" if h["state"] == "good" else str(h["state"])
+    if h["warnings"]:
+        text += f" (warning: {'; '.join(h['warnings'])})"
+    return text
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -191,6 +231,11 @@ def print_status(sysroot: Sysroot) -> None:
     if not data:
         print(f"{sysroot.path}: no deployments (deploy one with: petra deploy --repo R REF)")
         return
+    notice = health.rollback_notice(
+        sysroot.deployments(), health.Records.load(sysroot.stateroot_var(data[0]["osname"]))
+    )
+    if notice:
+        print(f"! {notice}")
     for d in data:
         marks = ", ".join(m for m in ("default", "booted", "rollback", "pinned") if d[m])
         head = f"{'●' if d['booted'] else ' '} {d['index']}  {d['osname']}  {d['version'] or '-'}"
@@ -208,6 +253,8 @@ def print_status(sysroot: Sysroot) -> None:
             print(f"     removed {' '.join(d['removed'])}")
         if d["kernel-args"]:
             print(f"     kargs   {d['kernel-args']}")
+        if d["health"]:
+            print(f"     health  {health_line(d['health'])}")
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -327,6 +374,40 @@ def cmd_kargs(args: argparse.Namespace) -> int:
     if result.removed:
         print(f"removed {result.removed} old deployment(s)")
     return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    if not args.boot:
+        results = health.run_checks()
+        for c in results:
+            mark = "ok" if c.passed else ("FAILED" if c.required else "warning")
+            print(f"{mark:8} {c.unit}{': ' + c.detail if c.detail else ''}")
+        if not results:
+            print(f"no health checks ({health.REQUIRED_TARGET} and {health.WANTED_TARGET} "
+                  "want none)")  # fmt: skip
+        return 1 if any(c.required and not c.passed for c in results) else 0
+    verdict = health.judge_boot(Sysroot.open(args.sysroot))
+    if verdict.rolled_back:
+        r = verdict.rolled_back
+        print(f"automatic rollback: {r['from-version']} ({r['from'][:12]}) did not boot "
+              f"healthy ({r['reason']}); {r['to-version']} is the default again")  # fmt: skip
+    for c in verdict.checks:
+        print(f"{'ok' if c.passed else 'FAILED'} {c.unit}{': ' + c.detail if c.detail else ''}")
+    name = f"{verdict.booted.checksum[:12]}.{verdict.booted.serial}"
+    if verdict.good:
+        print(f"boot good: {name}" + (" (its trial is over)" if verdict.on_trial else ""))
+        return 0
+    if verdict.reboot and not verdict.on_trial:
+        print(f"boot bad: {name} failed its trial already; rebooting into the default")
+        sys.stdout.flush()
+        subprocess.run(health.REBOOT, check=False)
+    elif verdict.reboot:
+        print(f"boot bad: {name} is on trial; rebooting (GRUB counts the attempt)")
+        sys.stdout.flush()
+        subprocess.run(health.REBOOT, check=False)
+    else:
+        print(f"boot bad: {name} (not on trial: nothing is rolled back)")
+    return 1
 
 
 SHOWN = 20  # problems or /etc changes printed per deployment (--json has them all)

@@ -244,6 +244,8 @@ def _metadata(
         "petra.file-count": count,
         "petra.size": size,
     }
+    if spec.boot_attempts is not None:
+        meta["petra.boot-attempts"] = spec.boot_attempts
     if result.kernel_version:
         meta["ostree.bootable"] = True
         meta["ostree.linux"] = result.kernel_version

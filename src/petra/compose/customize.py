@@ -1,4 +1,5 @@
-"""Apply what the spec asks for beyond packages: files, host name, users, services.
+"""Apply what the spec asks for beyond packages: files, host name, users, services, health
+checks.
 
 Runs on a writable overlay view of the package tree (tools like useradd and systemctl run inside
 it through bubblewrap), so nothing shared with the cache is written.
@@ -10,6 +11,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from petra import health
 from petra.errors import SpecError, ToolError
 from petra.reporting import Reporter
 from petra.run import run
@@ -52,6 +54,7 @@ def apply_spec(
             dest.unlink()
         shutil.copyfile(entry.source, dest)
         dest.chmod(entry.mode)
+    _add_health_checks(spec, root)
     sandbox = Sandbox(root=root, privileged=True, env={"SOURCE_DATE_EPOCH": str(epoch)})
     tmpfiles = _add_users(spec, root, sandbox)
     _set_services(spec, sandbox)
@@ -99,6 +102,24 @@ def _add_users(spec: Spec, root: Path, sandbox: Sandbox) -> list[str]:
             _write(keys, "".join(f"{k}\n" for k in user.ssh_authorized_keys))
             _write(root / "etc/ssh/sshd_config.d/50-petra-authorized-keys.conf", SSHD_KEYS_DROPIN)
     return lines
+
+
+def _add_health_checks(spec: Spec, root: Path) -> None:
+    """Each [health] check as a script and a oneshot unit, wanted by its health target."""
+    units = root / "usr/lib/systemd/system"
+    for check in spec.health_checks:
+        kind = "required" if check.required else "wanted"
+        script = f"{health.CHECKS_DIR}/{check.name}"
+        _write(root / script.lstrip("/"), health.check_script(check.command))
+        (root / script.lstrip("/")).chmod(0o755)
+        unit = f"petra-check-{check.name}.service"
+        text = health.CHECK_UNIT.format(name=check.name, kind=kind, script=script)
+        _write(units / unit, text)
+        target = health.REQUIRED_TARGET if check.required else health.WANTED_TARGET
+        link = units / f"{target}.wants" / unit
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(f"../{unit}")
 
 
 def _set_services(spec: Spec, sandbox: Sandbox) -> None:
