@@ -37,14 +37,19 @@ integration: setup
 
 test: lint unit integration
 
-# Not in CI: the crash-safety kill harness with many more kills (KILLS=N, default 300); it
-# prints its seed and how many kills landed mid-write. PETRA_KILL_SEED=S replays a run.
+# Not in CI: the crash-safety kill harness with many more kills (KILLS=N, default 300), then
+# rounds of power cuts of a VM's deployment on trial (POWER_CUT_ROUNDS, 2 cuts and a boot
+# each, about 3 minutes a round under TCG). Each prints its seed (and how many kills landed
+# mid-write); PETRA_KILL_SEED=S replays a run.
 KILLS ?= 300
 LAYER_KILLS ?= 100
 PIN_KILLS ?= 200
+POWER_CUT_ROUNDS ?= 10
 soak: setup
 	PETRA_KILLS=$(KILLS) PETRA_LAYER_KILLS=$(LAYER_KILLS) PETRA_PIN_KILLS=$(PIN_KILLS) PETRA_KILL_VERIFY=all \
 		$(BIN)/pytest -m integration tests/integration/test_crash.py
+	PETRA_POWER_CUT_ROUNDS=$(POWER_CUT_ROUNDS) \
+		$(BIN)/pytest -m integration tests/integration/test_vm.py -k power_cuts
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

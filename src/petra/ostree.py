@@ -282,12 +282,49 @@ class Repo:
                 entries[path] = TreeEntry("-", mode, int(uid), int(gid), sum_, None, int(size))
         return entries
 
+    def new_files(self, checksum: str, have: Repo) -> tuple[dict[str, str], int]:
+        """The files (path -> file checksum) and the number of directories of commit
+        `checksum` under the directories whose tree object the repo `have` lacks: what pulling
+        it into `have` may bring. Only those directories' tree objects are read (a few for an
+        update, over any file system). RepoError if an object is missing."""
+        files: dict[str, str] = {}
+        dirs = 0
+        try:
+            _, commit = self._repo.load_variant(OSTree.ObjectType.COMMIT, checksum)
+            stack = [("", _hex(commit.get_child_value(6)))]
+            while stack:
+                path, tree = stack.pop()
+                if have._repo.has_object(OSTree.ObjectType.DIR_TREE, tree, None)[1]:
+                    continue
+                dirs += 1
+                _, listing = self._repo.load_variant(OSTree.ObjectType.DIR_TREE, tree)
+                entries, subdirs = listing.get_child_value(0), listing.get_child_value(1)
+                for i in range(entries.n_children()):
+                    entry = entries.get_child_value(i)
+                    name = entry.get_child_value(0).get_string()
+                    files[f"{path}/{name}"] = _hex(entry.get_child_value(1))
+                for i in range(subdirs.n_children()):
+                    entry = subdirs.get_child_value(i)
+                    name = entry.get_child_value(0).get_string()
+                    stack.append((f"{path}/{name}", _hex(entry.get_child_value(1))))
+        except GLib.Error as e:
+            raise RepoError(
+                f"cannot read the tree of {checksum[:12]} in {self.path}: {e.message}",
+                f"check the repository: ostree fsck --repo={self.path}",
+            ) from e
+        return files, dirs
+
     def object_path(self, checksum: str) -> Path:
         """Where a bare repo keeps the file object `checksum`."""
         return self.path / "objects" / checksum[:2] / f"{checksum[2:]}.file"
 
 
 _NOFOLLOW = Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS
+
+
+def _hex(checksum: Any) -> str:
+    """A checksum held as a byte-array variant, in hex."""
+    return bytes(checksum.get_data_as_bytes().get_data()).hex()
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,11 @@ What is counted, per file system:
   /usr/etc, which becomes its /etc;
 - /boot: the kernel and initramfs, unless a deployment already has the same ones (libostree
   shares them) or /boot is the repo's file system (it links them), plus the new entries.
-Available is what an unprivileged writer may use, less the share libostree keeps free on the
-repo's file system (core.min-free-space-percent, 3 % unless the repo says otherwise).
+When the sysroot has a deployment, only the directories of the commit its repo lacks are read
+from the source (an update over a slow share reads a handful), and the checkout is reckoned as
+the current default's plus what is new. Available is what an unprivileged writer may use, less
+the share libostree keeps free on the repo's file system (core.min-free-space-percent, 3 %
+unless the repo says otherwise).
 """
 
 from __future__ import annotations
@@ -44,32 +47,70 @@ class Need:
 
 def needs(sysroot: Sysroot, source: Repo, checksum: str) -> list[Need]:
     """What deploying `checksum` from `source` takes on each file system of `sysroot`."""
-    tree = source.tree(checksum, "/")
     repo_dev = os.stat(sysroot.repo.path).st_dev
     boot = sysroot.path / "boot"
     boot_dev = os.stat(boot).st_dev
     linked = os.stat(source.path).st_dev == repo_dev
+    deployed = sysroot.deployments()
+    if deployed:
+        new, dirs, etc, kernel = _update(sysroot, source, checksum, deployed[0].checksum)
+    else:
+        new, dirs, etc, kernel = _whole(source, checksum)
     objects = 0
-    for sum_ in {e.checksum for e in tree.values() if e.checksum}:
-        if not linked and not sysroot.repo.object_path(sum_).exists():
-            objects += _blocks(source.object_path(sum_))
-    dirs = sum(1 for e in tree.values() if e.kind == "d")
-    etc = sum(
-        _blocks(source.object_path(e.checksum))
-        for path, e in tree.items()
-        if e.checksum and path.startswith("/usr/etc/")
-    )
+    if not linked:
+        for sum_ in set(new):
+            if not sysroot.repo.object_path(sum_).exists():
+                objects += _blocks(source.object_path(sum_))
     on_repo = objects + 2 * dirs * BLOCK + etc
     on_boot = ENTRIES
-    kernel = _kernel_files(tree)
-    if boot_dev != repo_dev and not _kernel_in_use(sysroot, kernel):
-        on_boot += sum(_blocks(source.object_path(e.checksum or "")) for e in kernel.values())
+    if boot_dev != repo_dev and kernel and not _kernel_in_use(sysroot, kernel):
+        on_boot += sum(_blocks(source.object_path(sum_)) for sum_ in kernel.values())
     if boot_dev == repo_dev:
         return [Need(sysroot.path, on_repo + on_boot, available(sysroot.repo.path, reserve=True))]
     return [
         Need(sysroot.path, on_repo, available(sysroot.repo.path, reserve=True)),
         Need(boot, on_boot, available(boot)),
     ]
+
+
+Found = tuple[list[str], int, int, dict[str, str]]  # new files, dirs, /usr/etc bytes, kernel
+
+
+def _whole(source: Repo, checksum: str) -> Found:
+    """Nothing deployed yet: every file and directory of the commit (libostree's listing)."""
+    tree = source.tree(checksum, "/")
+    files = [e.checksum for e in tree.values() if e.checksum]
+    dirs = sum(1 for e in tree.values() if e.kind == "d")
+    etc = sum(
+        _blocks(source.object_path(e.checksum))
+        for path, e in tree.items()
+        if e.checksum and path.startswith("/usr/etc/")
+    )
+    kernel = {p: e.checksum or "" for p, e in _kernel_files(tree).items()}
+    return files, dirs, etc, kernel
+
+
+def _update(sysroot: Sysroot, source: Repo, checksum: str, current: str) -> Found:
+    """A deployment exists: only the directories of the commit the sysroot's repo lacks are
+    read from the source (an update over a slow share reads a few); the checkout and its /etc
+    are reckoned as the current default's, plus what is new."""
+    new, new_dirs = source.new_files(checksum, sysroot.repo)
+    here = sysroot.repo.tree(current, "/")
+    dirs = new_dirs + sum(1 for e in here.values() if e.kind == "d")
+    etc = sum(
+        _blocks(sysroot.repo.object_path(e.checksum))
+        for path, e in here.items()
+        if e.checksum and path.startswith("/usr/etc/")
+    )
+    etc += sum(_blocks(source.object_path(c)) for p, c in new.items() if p.startswith("/usr/etc/"))
+    kernel = {
+        path: sum_
+        for path, sum_ in new.items()
+        if path.startswith("/usr/lib/modules/")
+        and path.count("/") == 5
+        and path.rsplit("/", 1)[1] in ("vmlinuz", "initramfs.img")
+    }
+    return list(new.values()), dirs, etc, kernel
 
 
 def check(found: Iterable[Need]) -> None:
@@ -117,10 +158,10 @@ def _kernel_files(tree: dict[str, TreeEntry]) -> dict[str, TreeEntry]:
     }
 
 
-def _kernel_in_use(sysroot: Sysroot, kernel: dict[str, TreeEntry]) -> bool:
-    """Whether a listed deployment boots the same kernel and initramfs (libostree shares the
-    copy in /boot then)."""
-    wanted = {path: e.checksum for path, e in kernel.items()}
+def _kernel_in_use(sysroot: Sysroot, kernel: dict[str, str]) -> bool:
+    """Whether a listed deployment boots the same kernel and initramfs (path -> checksum;
+    libostree shares the copy in /boot then)."""
+    wanted = kernel
     for dep in sysroot.deployments():
         theirs: dict[str, TreeEntry] = {}
         for path, entry in sysroot.repo.tree(dep.checksum, "/usr/lib/modules", False).items():

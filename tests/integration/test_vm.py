@@ -38,6 +38,8 @@ pytestmark = pytest.mark.integration
 # stops the VM itself at --timeout; the subprocess timeout is only a backstop (no sysroot on
 # the host is written by vm run, so a kill cannot freeze anything).
 VM_TIMEOUT = 420
+# make soak: rounds of power cuts of a deployment on trial (0: the test is skipped).
+POWER_CUT_ROUNDS = int(os.environ.get("PETRA_POWER_CUT_ROUNDS", "0"))
 
 
 @pytest.fixture(scope="session")
@@ -412,6 +414,38 @@ STATUS = (
     "echo \"status: $(petra status --json | tr -d '\\n')\";"
     " petra status | sed -n 's/^! /notice: /p'"
 )
+
+
+@pytest.mark.skipif(not POWER_CUT_ROUNDS, reason="make soak sets PETRA_POWER_CUT_ROUNDS")
+def test_power_cuts_of_a_trial_never_cost_it_its_good_boot(
+    disk: Path, testfs: Path, kill_seed: int, tmp_path: Path
+) -> None:
+    """Soak: each round, the default deployment is on trial; the power is cut at random
+    moments of its boots (one fewer time than it has attempts), then it boots whole: it is
+    the one running, and good. `petra rollback` then puts the other one on trial for the
+    next round."""
+    moments = random.Random(kill_seed)
+    made = vm(disk, "sh", "-c", "petra kargs --append petra.soak=1 >/dev/null && " + STATUS)
+    assert made.returncode == 0, made.stderr[-3000:]
+    trial = deployments(fields(made.stdout)["status"])[0]
+    for round_ in range(POWER_CUT_ROUNDS):
+        assert trial["health"]["state"] == "trial", trial
+        expected = f"{trial['commit']}.{trial['serial']}:{trial['kernel-args']}"
+        for cut in range(health.DEFAULT_ATTEMPTS - 1):
+            power_cut(disk, moments.uniform(2, 45), tmp_path)
+            assert not frozen(testfs), f"round {round_}, cut {cut} left {testfs} frozen"
+        run = vm(disk, "sh", "-c", f"{STATUS}; petra rollback -q >/dev/null && {STATUS}")
+        assert run.returncode == 0, run.stderr[-3000:]
+        before, after = (
+            deployments(line.split(": ", 1)[1])
+            for line in run.stdout.splitlines()
+            if line.startswith("status: ")
+        )
+        running = before[0]
+        assert running["booted"], f"round {round_}: {before}"
+        assert f"{running['commit']}.{running['serial']}:{running['kernel-args']}" == expected
+        assert running["health"]["state"] == "good", f"round {round_}: {running}"
+        trial = after[0]
 
 
 def test_bad_input_is_refused_and_leaves_nothing(
