@@ -15,6 +15,11 @@ The model (greenboot's and systemd's boot assessment, on Debian's GRUB):
   `systemctl add-wants`). All required ones passing makes the boot good: the trial ends. A
   failing required one makes it bad: what failed is recorded and the machine reboots, which
   costs an attempt. Wanted ones only warn.
+- A boot on trial with no verdict by its deadline (petra-health-deadline.timer, 600 s after
+  the kernel started unless the spec's [health] deadline says otherwise) hung on the way:
+  the timer, which outlives emergency mode, records it and reboots, which costs an attempt.
+  A kernel that crashes reboots by itself (images boot with panic=10), and so does an
+  initramfs that fails (rd.emergency=reboot).
 - On the boot GRUB fell back, petra makes the running deployment the default again, ends the
   trial and records the automatic rollback; `petra status` shows it.
 
@@ -24,6 +29,7 @@ deployments), written whole and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -43,9 +49,14 @@ TRIAL, TRIES = "petra_trial", "petra_tries"
 REQUIRED_TARGET = "petra-health-required.target"
 WANTED_TARGET = "petra-health-wanted.target"
 SERVICE = "petra-health.service"
+DEADLINE_TIMER = "petra-health-deadline.timer"
+DEADLINE_SERVICE = "petra-health-deadline.service"
+DEFAULT_DEADLINE = 600  # seconds after the kernel started that a boot on trial has for a verdict
+MIN_DEADLINE, MAX_DEADLINE = 30, 86400
 STATE = Path("lib/petra/health.json")  # under the stateroot's /var
 CHECKS_DIR = "/usr/lib/petra/health"  # the scripts of a spec's checks
 REBOOT = ("systemctl", "reboot")
+REBOOT_NOW = ("systemctl", "reboot", "--force")  # a hung boot: no orderly stop of its units
 NEVER_REPORTED = "no healthy boot reported (it crashed, hung or powered off before the checks)"
 
 # --- what petra's package installs (see selfdeb) ----------------------------------------------
@@ -92,6 +103,43 @@ ExecStart=/usr/bin/petra health --boot
 [Install]
 WantedBy=multi-user.target
 """
+
+# Started early and kept through emergency mode (IgnoreOnIsolate), so that a boot that never
+# reaches multi-user.target still ends.
+DEADLINE_TIMER_UNIT = f"""[Unit]
+Description=Petra: a boot on trial with no verdict by its deadline is a failed attempt
+DefaultDependencies=no
+IgnoreOnIsolate=yes
+Conflicts=shutdown.target
+Before=shutdown.target
+ConditionKernelCommandLine=ostree
+
+[Timer]
+OnBootSec={DEFAULT_DEADLINE}
+AccuracySec=1s
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+DEADLINE_SERVICE_UNIT = """[Unit]
+Description=Petra: end a boot on trial that has no verdict by its deadline (costs an attempt)
+DefaultDependencies=no
+IgnoreOnIsolate=yes
+Conflicts=shutdown.target
+Before=shutdown.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/petra health --deadline
+"""
+
+
+def deadline_dropin(seconds: int) -> str:
+    """A drop-in for the deadline timer that sets a spec's deadline (the empty assignment
+    clears the packaged one)."""
+    return f"[Timer]\nOnBootSec=\nOnBootSec={seconds}\n"
+
 
 TARGET_UNIT = """[Unit]
 Description=Petra: {kind} health checks (petra health; started by petra-health.service)
@@ -164,6 +212,15 @@ class Records:
         return self.deployments.setdefault(ident(dep), {})
 
 
+def failed_boot(record: dict[str, Any], why: str) -> None:
+    """Record a failed boot of a deployment: the last failure, and each one in turn (a boot
+    that crashed before anything of its own ran leaves none)."""
+    at = now()
+    record.update({"failed-at": at, "failed-check": why})
+    attempts = [*record.get("failed-boots", []), {"at": at, "why": why}]
+    record["failed-boots"] = attempts[-MAX_ATTEMPTS:]
+
+
 # --- starting a trial (on the host or the device, inside Sysroot.writing) ------------------
 
 
@@ -215,6 +272,7 @@ class Health:
     failed_check: str | None = None
     warnings: tuple[str, ...] = ()
     rolled_back: dict[str, Any] | None = None  # the automatic rollback away from it
+    failed_boots: tuple[dict[str, str], ...] = ()  # each recorded failed boot: at, why
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -223,6 +281,7 @@ class Health:
             "since": self.since,
             "failed-at": self.failed_at,
             "failed-check": self.failed_check,
+            "failed-boots": list(self.failed_boots),
             "warnings": list(self.warnings),
             "automatic-rollback": self.rolled_back,
         }
@@ -253,6 +312,7 @@ def standing(
                 since=record.get("since"),
                 failed_at=record.get("failed-at"),
                 failed_check=record.get("failed-check"),
+                failed_boots=tuple(record.get("failed-boots", [])),
                 warnings=tuple(record.get("warnings", [])),
                 rolled_back=rollback,
             )
@@ -366,7 +426,7 @@ def judge_boot(sysroot: Sysroot, runner: Runner = _systemctl) -> Verdict:
     record["version"] = _version(sysroot, booted)
     record["warnings"] = [c.detail for c in checks if not c.required and not c.passed]
     if failed:
-        record.update({"failed-at": now(), "failed-check": failed[0].detail})
+        failed_boot(record, failed[0].detail)
         if not on_trial:
             record["state"] = "failed"
     else:
@@ -380,6 +440,37 @@ def judge_boot(sysroot: Sysroot, runner: Runner = _systemctl) -> Verdict:
         with sysroot.writing(tidy=False):
             end_trial(sysroot.path)
     return Verdict(booted, not failed, on_trial, checks, rolled, on_trial and bool(failed))
+
+
+def missed_deadline(sysroot: Sysroot, uptime: float) -> Deployment | None:
+    """The deadline of the running boot has come (petra-health-deadline.service): when it is
+    an attempt of the deployment on trial, which no verdict ended, record that and return it;
+    the caller reboots, which costs the attempt. None (nothing changed) otherwise: a good
+    boot's trial has ended, and a boot not on trial is never rebooted by this."""
+    booted = awaiting_verdict(sysroot.deployments(), grubenv.read(grubenv.path_of(sysroot.path)))
+    if booted is None:
+        return None
+    var = sysroot.stateroot_var(booted.osname)
+    records = Records.load(var)
+    record = records.of(booted)
+    record.setdefault("version", _version(sysroot, booted))
+    failed_boot(record, deadline_reason(uptime))
+    with contextlib.suppress(OSError):  # /var may be what hung; GRUB counts the attempt anyway
+        records.save(var)
+    return booted
+
+
+def awaiting_verdict(deployments: Sequence[Deployment], env: dict[str, str]) -> Deployment | None:
+    """The booted deployment when this boot is an attempt of a trial that no verdict has
+    ended yet: it is the default and GRUB's environment names it (pure)."""
+    booted = next((d for d in deployments if d.booted), None)
+    if booted is None or booted is not deployments[0] or env.get(TRIAL) != ident(booted):
+        return None
+    return booted
+
+
+def deadline_reason(uptime: float) -> str:
+    return f"no verdict {int(uptime)} s after boot (it hung before multi-user.target or in a check)"
 
 
 def _roll_back(

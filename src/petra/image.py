@@ -82,13 +82,21 @@ def human(size: int) -> str:
 
 
 PANIC_REBOOT_SECONDS = 10
+# An initramfs that fails reboots instead of waiting at a shell nobody is at.
+INITRAMFS_FAILURE = ("rd.shell=0", "rd.emergency=reboot")
 
 
 def kernel_args(fs_uuid: str, spec_args: list[str]) -> list[str]:
-    """The first deployment's kernel command line: the root file system, a kernel panic that
-    reboots after 10 s (an unattended machine comes back, and GRUB counts the attempt of a
-    deployment on trial), then the spec's."""
-    return [f"root=UUID={fs_uuid}", "rw", f"panic={PANIC_REBOOT_SECONDS}", *spec_args]
+    """The first deployment's kernel command line: the root file system, a kernel panic or a
+    failing initramfs that reboots (an unattended machine comes back, and GRUB counts the
+    attempt of a deployment on trial), then the spec's."""
+    return [
+        f"root=UUID={fs_uuid}",
+        "rw",
+        f"panic={PANIC_REBOOT_SECONDS}",
+        *INITRAMFS_FAILURE,
+        *spec_args,
+    ]
 
 
 # --- the build -------------------------------------------------------------------------------

@@ -79,9 +79,12 @@ def _stage_boot_assessment(stage: Path) -> None:
     _stage_file(units / health.SERVICE, health.SERVICE_UNIT)
     for target, kind in ((health.REQUIRED_TARGET, "required"), (health.WANTED_TARGET, "wanted")):
         _stage_file(units / target, health.TARGET_UNIT.format(kind=kind))
-    wants = units / "multi-user.target.wants"
-    wants.mkdir()
-    (wants / health.SERVICE).symlink_to(f"../{health.SERVICE}")
+    _stage_file(units / health.DEADLINE_TIMER, health.DEADLINE_TIMER_UNIT)
+    _stage_file(units / health.DEADLINE_SERVICE, health.DEADLINE_SERVICE_UNIT)
+    for target, unit in (("multi-user", health.SERVICE), ("sysinit", health.DEADLINE_TIMER)):
+        wants = units / f"{target}.target.wants"
+        wants.mkdir()
+        (wants / unit).symlink_to(f"../{unit}")
 
 
 def build(dest_dir: Path) -> Path:

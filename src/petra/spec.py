@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from petra.errors import SpecError
+from petra.health import DEFAULT_DEADLINE, MAX_DEADLINE, MIN_DEADLINE
 
 DEFAULT_SUITE = "trixie"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
@@ -49,7 +50,7 @@ _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _CHECK_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-_HEALTH_KEYS = {"attempts", "required", "wanted"}
+_HEALTH_KEYS = {"attempts", "deadline", "required", "wanted"}
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@-]+\.(service|socket|timer|target|path|mount)$")
 
 
@@ -113,17 +114,19 @@ class Spec:
     users: tuple[User, ...]
     petra: bool = False  # install this petra (a .deb of its own source): the system manages itself
     boot_attempts: int | None = None  # boots a new deployment gets on trial (None: petra's)
+    boot_deadline: int | None = None  # seconds a boot on trial has for a verdict (None: petra's)
     health_checks: tuple[HealthCheck, ...] = ()
     # Where each key (and each package name) was set, for errors found after parsing.
     locations: Mapping[str, Location] = field(default_factory=dict, compare=False)
 
     def _health_json(self) -> dict[str, Any]:
         # Only when set, so that specs without [health] keep their digest.
-        if self.boot_attempts is None and not self.health_checks:
+        if self.boot_attempts is None and not self.health_checks and self.boot_deadline is None:
             return {}
         return {
             "health": {
                 "attempts": self.boot_attempts,
+                **({"deadline": self.boot_deadline} if self.boot_deadline is not None else {}),
                 "required": {c.name: c.command for c in self.health_checks if c.required},
                 "wanted": {c.name: c.command for c in self.health_checks if not c.required},
             }
@@ -275,8 +278,8 @@ SETTINGS: dict[str, Setting] = {
     ),
     "health": Setting(
         "table",
-        "[health] attempts = 3 (boots on trial), [health.required] / [health.wanted] "
-        'NAME = "shell command"',
+        "[health] attempts = 3 (boots on trial), deadline = 600 (seconds), [health.required] / "
+        '[health.wanted] NAME = "shell command"',
         default={},
     ),
     "users": Setting(
@@ -404,7 +407,8 @@ def _validate_health(path: Path, text: str, health: dict[str, Any]) -> None:
         where = Location(path, _find_line(text, "health", key) or _find_line(text, None, key))
         if key not in _HEALTH_KEYS:
             raise SpecError(
-                f"{where}: unknown key 'health.{key}'", "use attempts, required or wanted"
+                f"{where}: unknown key 'health.{key}'",
+                "use attempts, deadline, required or wanted",
             )
         if key == "attempts":
             _check_type(where, "health.attempts", "int", value)
@@ -412,6 +416,16 @@ def _validate_health(path: Path, text: str, health: dict[str, Any]) -> None:
                 raise SpecError(
                     f"{where}: health.attempts: {value} is outside 1..9",
                     "give the boots a new deployment gets before the previous one returns",
+                )
+            continue
+        if key == "deadline":
+            _check_type(where, "health.deadline", "int", value)
+            if not MIN_DEADLINE <= value <= MAX_DEADLINE:
+                raise SpecError(
+                    f"{where}: health.deadline: {value} is outside "
+                    f"{MIN_DEADLINE}..{MAX_DEADLINE}",
+                    "give the seconds after the kernel starts by which a boot on trial "
+                    f"must be judged (default {DEFAULT_DEADLINE})",
                 )
             continue
         _check_type(where, f"health.{key}", "table", value)
@@ -609,7 +623,7 @@ def _build(path: Path, data: dict[str, Any], locations: dict[str, Location]) -> 
             "both required and wanted",
             "keep it in one table",
         )
-    if (checks or "attempts" in health) and not data.get("petra", False):
+    if (checks or "attempts" in health or "deadline" in health) and not data.get("petra", False):
         raise SpecError(
             f"{locations.get('health', Location(path))}: health: needs petra = true",
             "the booted system's petra runs the checks and ends a trial",
@@ -632,6 +646,7 @@ def _build(path: Path, data: dict[str, Any], locations: dict[str, Location]) -> 
         files=files,
         users=users,
         boot_attempts=health.get("attempts"),
+        boot_deadline=health.get("deadline"),
         health_checks=checks,
         locations=locations,
     )

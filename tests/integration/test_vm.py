@@ -1,7 +1,7 @@
 """The vm tier: the composed server spec as a disk image, booted in qemu (TCG), checked from inside:
 a healthy first boot, then the update cycle (upgrade from a shared repo, reboot, rollback, reboot)
 with the petra the image carries, power cuts of a deployment on trial, and the automatic
-rollbacks of a release whose kernel crashes and of one whose required health check fails.
+rollback of a release whose kernel crashes, then hangs, then fails its required check.
 
 One image per session; every test boots its own copy-on-write overlay of it (qemu-img create -b),
 so no test changes what another sees. A boot under TCG costs about a minute here.
@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,7 +36,7 @@ pytestmark = pytest.mark.integration
 # A boot plus the command: generous, since TCG on a busy 2-core machine is slow. petra vm run
 # stops the VM itself at --timeout; the subprocess timeout is only a backstop (no sysroot on
 # the host is written by vm run, so a kill cannot freeze anything).
-VM_TIMEOUT = 420
+VM_TIMEOUT = 540
 # make soak: rounds of power cuts of a deployment on trial (0: the test is skipped).
 POWER_CUT_ROUNDS = int(os.environ.get("PETRA_POWER_CUT_ROUNDS", "0"))
 
@@ -217,7 +216,7 @@ def test_boot_upgrade_reboot_rollback_reboot(
 ) -> None:
     where = Path(tempfile.mkdtemp(dir=testfs))
     share, v2 = next_release(server, where)
-    broken = broken_releases(server, share, where)
+    broken = broken_release(server, share, where)
     first = vm(disk, "sh", "-c", FIRST_BOOT, share=share)
     assert first.returncode == 0, first.stderr[-3000:]
     seen = fields(first.stdout)
@@ -309,7 +308,7 @@ def test_boot_upgrade_reboot_rollback_reboot(
         " echo marker: $(cat /var/lib/petra-test/marker);"
         " echo boxes: $(petra box list --json | tr -d '\\n ');"
         " petra box run dev -- sh -c 'echo in-box: $(ls /usr/from-box) $(id -u)';"
-        f" petra deploy -q --repo /run/petra/share {broken.panic_ref} >/dev/null"
+        f" petra deploy -q --repo /run/petra/share {broken.ref} >/dev/null"
         " && echo deployed: ok",
         share=share,
     )
@@ -326,88 +325,68 @@ def test_boot_upgrade_reboot_rollback_reboot(
     assert seen["deployed"] == "ok"
     good = f"{running['commit']}.{running['serial']}"
 
-    # A release whose kernel crashes early in boot (2 attempts): panic=10 reboots, GRUB counts
-    # both attempts, then falls back to the layered deployment, and petra makes that the
-    # default again; nothing of the crashed one ever reported. (And: the exit code of the
-    # command is vm run's; --accel auto says which accelerator it took.) Then a release whose
-    # required check fails (1 attempt).
+    # A release that never boots healthy, in every way there is (3 attempts): its kernel
+    # crashes (panic=10 reboots); then its boot hangs before multi-user.target (the deadline
+    # timer records it and reboots); then its required check fails (petra records it and
+    # reboots). GRUB counted each attempt and falls back to the layered deployment, and petra
+    # makes that the default again. (And: the exit code of the command is vm run's; --accel
+    # auto says which accelerator it took.)
     console = tmp_path / "console"
-    fifth = vm(
-        disk, "sh", "-c",
-        f"{STATUS}; petra deploy -q --repo /run/petra/share {broken.failing_ref} >/dev/null"
-        " && echo deployed: ok; false",
-        share=share, console=console, accel="auto",
-    )  # fmt: skip
+    fifth = vm(disk, "sh", "-c", f"{STATUS}; false", console=console, accel="auto")
     assert fifth.returncode == 1, fifth.stderr[-3000:]
     assert "accel: kvm" in fifth.stderr or "accel: tcg" in fifth.stderr, fifth.stderr
-    assert "3 boots" in fifth.stderr, fifth.stderr[-2000:]  # 2 crashes, then the fallback
+    assert "4 boots" in fifth.stderr, fifth.stderr[-2000:]  # 3 attempts, then the fallback
     assert b"Kernel panic" in console.read_bytes()
     seen = fields(fifth.stdout)
     now = deployments(seen["status"])
     assert now[0]["booted"] and f"{now[0]['commit']}.{now[0]['serial']}" == good
-    assert now[1]["commit"] == broken.panic and now[1]["health"]["state"] == "failed"
-    assert now[1]["health"]["failed-check"] == health.NEVER_REPORTED
-    assert now[1]["health"]["automatic-rollback"]["to"] == good
-    assert "2026.11.4" in seen["notice"] and "did not boot healthy" in seen["notice"]
-    assert seen["deployed"] == "ok"
-
-    # The required check fails (1 attempt): the boot is judged bad and reboots, GRUB boots
-    # the previous entry; petra makes it the default again.
-    sixth = vm(disk, "sh", "-c", STATUS)
-    assert sixth.returncode == 0, sixth.stderr[-3000:]
-    assert "2 boots" in sixth.stderr, sixth.stderr[-2000:]  # the attempt, then the fallback
-    seen = fields(sixth.stdout)
-    now = deployments(seen["status"])
-    assert now[0]["booted"] and f"{now[0]['commit']}.{now[0]['serial']}" == good
     assert now[0]["health"]["state"] == "good"
     failed = now[1]["health"]
-    assert now[1]["commit"] == broken.failing and failed["state"] == "failed", failed
+    assert now[1]["commit"] == broken.commit and failed["state"] == "failed", failed
     assert failed["failed-check"] == "petra-check-app-ready.service failed (exit-code)"
+    hung, check = (b["why"] for b in failed["failed-boots"])  # the crash left no record
+    assert hung.startswith("no verdict ") and "hung before multi-user.target" in hung, hung
+    assert int(hung.split()[2]) >= HANG_DEADLINE and check == failed["failed-check"]
     assert failed["automatic-rollback"]["to"] == good
-    assert "automatic rollback at" in seen["notice"] and "2026.11.3" in seen["notice"]
+    assert "automatic rollback at" in seen["notice"] and "2026.11.4" in seen["notice"]
+    assert "did not boot healthy" in seen["notice"]
 
 
-CRASH_UNIT = """[Unit]
-Description=Crash the kernel early in boot (a broken update, for petra's automatic rollback)
-DefaultDependencies=no
+# The first attempt's kernel crashes; the second never reaches multi-user.target; the third
+# does (and its required check fails). GRUB's count of attempts left tells them apart.
+BROKEN_BOOT_UNIT = """[Unit]
+Description=A broken update: a kernel crash, then a hang, then a boot that goes on
+Before=multi-user.target
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo c > /proc/sysrq-trigger'
+TimeoutStartSec=infinity
+ExecStart=/bin/sh -c 'case "$$(cat /boot/grub/grubenv /sysroot/boot/grub/grubenv 2>/dev/null \\
+  | sed -n s/^petra_tries=//p | head -n1)" in 2) echo c > /proc/sysrq-trigger ;; \\
+  1) exec sleep infinity ;; esac'
 
 [Install]
-WantedBy=sysinit.target
+WantedBy=multi-user.target
 """
+# When the hanging attempt is ended: long after a boot of this image reaches multi-user.target
+# under TCG (45-65 s), so that the first attempt crashes before it.
+HANG_DEADLINE = 100
 
 
-@dataclass(frozen=True)
-class Broken:
-    failing_ref: str
-    failing: str
-    panic_ref: str
-    panic: str
-
-
-def broken_releases(server: Composed, repo: Path, where: Path) -> Broken:
-    """Into `repo`, beside the server ref: a release whose required health check fails (1
-    attempt), and one whose kernel crashes at boot (2 attempts)."""
-    failing = where / "server-check.toml"
-    failing.write_text(
-        f'include = ["{EXAMPLES / "server.toml"}"]\nname = "server-check"\n'
-        'version = "2026.11.3"\n'
-        '[health]\nattempts = 1\n[health.required]\napp-ready = "test -e /etc/app-ready"\n'
+def broken_release(server: Composed, repo: Path, where: Path) -> Composed:
+    """Into `repo`, beside the server ref: a release with 3 boot attempts, a kernel that
+    crashes on the first, a boot that hangs on the second and a required health check that
+    fails on the third."""
+    (where / "broken.service").write_text(BROKEN_BOOT_UNIT)
+    spec = where / "server-broken.toml"
+    spec.write_text(
+        f'include = ["{EXAMPLES / "server.toml"}"]\nname = "server-broken"\n'
+        f'version = "2026.11.4"\n[health]\nattempts = 3\ndeadline = {HANG_DEADLINE}\n'
+        '[health.required]\napp-ready = "test -e /etc/app-ready"\n'
+        '[files]\n"/etc/systemd/system/broken.service" = "broken.service"\n'
+        '[services]\nenable = ["broken.service"]\n'
     )
-    bad = compose(failing, repo, server.cache)
-    (where / "crash.service").write_text(CRASH_UNIT)
-    crashing = where / "server-panic.toml"
-    crashing.write_text(
-        f'include = ["{EXAMPLES / "server.toml"}"]\nname = "server-panic"\n'
-        'version = "2026.11.4"\n[health]\nattempts = 2\n'
-        '[files]\n"/etc/systemd/system/crash.service" = "crash.service"\n'
-        '[services]\nenable = ["crash.service"]\n'
-    )
-    panic = compose(crashing, repo, server.cache)
-    return Broken(bad.ref, bad.commit, panic.ref, panic.commit)
+    return compose(spec, repo, server.cache)
 
 
 STATUS = (

@@ -72,6 +72,45 @@ def test_standing_reads_the_trial_from_grub_and_the_verdicts_from_the_records() 
     assert health.standing([other], env, records)[0].state is None
 
 
+def test_each_failed_boot_is_kept_with_the_last_one_first_in_view() -> None:
+    record: dict[str, object] = {"state": "trial"}
+    health.failed_boot(record, "no verdict 100 s after boot")
+    health.failed_boot(record, "petra-check-x.service failed (exit-code)")
+    assert record["failed-check"] == "petra-check-x.service failed (exit-code)"
+    whys = [b["why"] for b in record["failed-boots"]]  # type: ignore[attr-defined]
+    assert whys == ["no verdict 100 s after boot", "petra-check-x.service failed (exit-code)"]
+    for n in range(20):
+        health.failed_boot(record, f"boot {n}")
+    assert len(record["failed-boots"]) == health.MAX_ATTEMPTS  # type: ignore[arg-type]
+    records = health.Records(deployments={health.ident(dep(0, "b" * 64)): record})
+    [shown] = health.standing([dep(0, "b" * 64)], {}, records)
+    assert shown.to_json()["failed-boots"][-1]["why"] == "boot 19"
+
+
+def test_the_deadline_ends_only_an_attempt_of_a_trial_that_no_verdict_ended() -> None:
+    new, old = dep(0, "b" * 64, booted=True), dep(1, "a" * 64)
+    env = {health.TRIAL: health.ident(new), health.TRIES: "1"}
+    assert health.awaiting_verdict([new, old], env) is new
+    assert health.awaiting_verdict([new, old], {}) is None  # judged good: the trial ended
+    # GRUB fell back to the old one: this boot is not an attempt, the deadline leaves it be
+    fallback = [dep(0, "b" * 64), dep(1, "a" * 64, booted=True)]
+    assert health.awaiting_verdict(fallback, {**env, health.TRIES: "0"}) is None
+    # a trial of another deployment (an upgrade made during this boot): not this boot's
+    assert health.awaiting_verdict([dep(0, "c" * 64), old], env) is None
+    assert "hung before multi-user.target" in health.deadline_reason(95.7)
+    assert health.deadline_reason(95.7).startswith("no verdict 95 s after boot")
+
+
+def test_the_deadline_timer_outlives_emergency_mode_and_a_spec_can_move_it() -> None:
+    timer = health.DEADLINE_TIMER_UNIT
+    assert "DefaultDependencies=no" in timer and "IgnoreOnIsolate=yes" in timer
+    assert f"OnBootSec={health.DEFAULT_DEADLINE}\n" in timer
+    assert "WantedBy=sysinit.target" in timer
+    assert "ExecStart=/usr/bin/petra health --deadline" in health.DEADLINE_SERVICE_UNIT
+    # a drop-in must clear the packaged trigger, or systemd keeps both
+    assert health.deadline_dropin(90) == "[Timer]\nOnBootSec=\nOnBootSec=90\n"
+
+
 def test_after_an_automatic_rollback_status_says_so_while_the_old_one_is_the_default() -> None:
     good, bad = dep(0, "a" * 64, booted=True), dep(1, "b" * 64)
     rolled = {
@@ -161,9 +200,11 @@ def test_spec_health_table(tmp_path: Path) -> None:
             '[health.wanted]\ndisk = "test -w /var"\n',
         )
     )
-    assert spec.boot_attempts == 2
+    assert spec.boot_attempts == 2 and spec.boot_deadline is None
     assert [(c.name, c.required) for c in spec.health_checks] == [("ssh", True), ("disk", False)]
     assert spec.to_json()["health"]["required"] == {"ssh": "systemctl is-active ssh"}
+    timed = load_spec(write_spec(tmp_path, "[health]\ndeadline = 90\n"))
+    assert timed.boot_deadline == 90 and timed.to_json()["health"]["deadline"] == 90
     plain = load_spec(write_spec(tmp_path, ""))
     assert "health" not in plain.to_json()  # specs without [health] keep their digest
 
@@ -173,6 +214,8 @@ def test_spec_health_table(tmp_path: Path) -> None:
     [
         ("[health]\nattempts = 0\n", "outside 1..9"),
         ("[health]\ntries = 2\n", "unknown key 'health.tries'"),
+        ("[health]\ndeadline = 5\n", "outside 30..86400"),
+        ('[health]\ndeadline = "10min"\n', "health.deadline"),
         ('[health.required]\n"Bad Name" = "true"\n', "is not a check name"),
         ('[health.required]\nx = ""\n', "expected a shell command"),
         ('[health.required]\nx = "true"\n[health.wanted]\nx = "true"\n', "both required"),
@@ -186,5 +229,8 @@ def test_spec_health_errors(tmp_path: Path, body: str, message: str) -> None:
 def test_health_checks_need_petra_in_the_image(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_text('name = "s"\nversion = "1"\n[health.required]\nx = "true"\n')
+    with pytest.raises(SpecError, match="needs petra = true"):
+        load_spec(path)
+    path.write_text('name = "s"\nversion = "1"\n[health]\ndeadline = 60\n')
     with pytest.raises(SpecError, match="needs petra = true"):
         load_spec(path)

@@ -44,7 +44,14 @@ def test_needed_size_grows_with_the_tree_and_is_whole_mib() -> None:
 
 def test_the_first_kernel_command_line_names_the_root_first() -> None:
     args = kernel_args("1234-abcd", ["console=ttyS0,115200"])
-    assert args == ["root=UUID=1234-abcd", "rw", "panic=10", "console=ttyS0,115200"]
+    assert args == [
+        "root=UUID=1234-abcd",
+        "rw",
+        "panic=10",
+        "rd.shell=0",
+        "rd.emergency=reboot",
+        "console=ttyS0,115200",
+    ]
 
 
 def test_credentials_double_commas_for_qemu() -> None:

@@ -25,4 +25,8 @@ def test_the_deb_is_reproducible_and_holds_the_command(tmp_path: Path) -> None:
     assert "./usr/bin/petra" in listing
     assert "./usr/lib/python3/dist-packages/petra/cli/__init__.py" in listing
     assert "__pycache__" not in listing
+    # boot assessment: the judge after multi-user.target, the deadline from sysinit on
+    assert "./usr/lib/systemd/system/multi-user.target.wants/petra-health.service" in listing
+    timer = "./usr/lib/systemd/system/sysinit.target.wants/petra-health-deadline.timer"
+    assert timer in listing and "./etc/grub.d/01_petra_trial" in listing
     assert selfdeb.build(tmp_path / "a") == first  # an existing build is reused

@@ -123,11 +123,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "health", parents=[common, where], help="run the health checks (--boot: judge this boot)"
     )
-    p.add_argument(
+    when = p.add_mutually_exclusive_group()
+    when.add_argument(
         "--boot",
         action="store_true",
         help="as petra-health.service does: record the verdict, end a trial or reboot for "
         "another attempt, finish an automatic rollback",
+    )
+    when.add_argument(
+        "--deadline",
+        action="store_true",
+        help="as petra-health-deadline.service does: a boot on trial with no verdict yet is "
+        "recorded as failed and rebooted (an attempt used)",
     )
     p.set_defaults(func=cmd_health)
 
@@ -210,6 +217,8 @@ def health_line(h: dict[str, Any]) -> str:
         return f"{text} (last boot {failed})" if failed else text
     if h["state"] == "failed":
         rolled = h["automatic-rollback"]
+        boots = len(h["failed-boots"])
+        failed += f" ({boots} failed boots recorded)" if boots > 1 else ""
         return failed + (f"; rolled back automatically at {rolled['at']}" if rolled else "")
     text = f"good since {h['since']}" if h["state"] == "good" else str(h["state"])
     if h["warnings"]:
@@ -377,6 +386,17 @@ def cmd_kargs(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    if args.deadline:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        late = health.missed_deadline(Sysroot.open(args.sysroot), uptime)
+        if late is None:
+            print("no boot on trial waits for a verdict: nothing to do")
+            return 0
+        print(f"boot bad: {late.checksum[:12]}.{late.serial} is on trial and "
+              f"{health.deadline_reason(uptime)}; rebooting (GRUB counts the attempt)")  # fmt: skip
+        sys.stdout.flush()
+        subprocess.run(health.REBOOT_NOW, check=False)
+        return 1
     if not args.boot:
         results = health.run_checks()
         for c in results:

@@ -105,8 +105,12 @@ def _add_users(spec: Spec, root: Path, sandbox: Sandbox) -> list[str]:
 
 
 def _add_health_checks(spec: Spec, root: Path) -> None:
-    """Each [health] check as a script and a oneshot unit, wanted by its health target."""
+    """Each [health] check as a script and a oneshot unit, wanted by its health target; the
+    deadline as a drop-in of the deadline timer."""
     units = root / "usr/lib/systemd/system"
+    if spec.boot_deadline is not None:
+        dropin = units / f"{health.DEADLINE_TIMER}.d/50-spec.conf"
+        _write(dropin, health.deadline_dropin(spec.boot_deadline))
     for check in spec.health_checks:
         kind = "required" if check.required else "wanted"
         script = f"{health.CHECKS_DIR}/{check.name}"
