@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from tests.integration.conftest import EXAMPLES, Composed, fresh_cache, ostree
 from tests.integration.sysroots import frozen
 
 pytestmark = pytest.mark.integration
+
+COLD_KILLS, WARM_KILLS = 4, 8
 
 
 def start_compose(spec: Path, repo: Path, cache: Path) -> subprocess.Popen[bytes]:
@@ -85,29 +88,41 @@ def test_sigkill_during_compose_leaves_repo_valid(
     # Cold builds (download, mmdebstrap, cache commit, customise, commit, import): each kill
     # starts from a cache with no package tree, so every phase is in reach.
     kills = 0
-    moments = sorted(rng.uniform(0.3, 16.0) for _ in range(5))
+    moments = sorted(rng.uniform(0.3, 16.0) for _ in range(COLD_KILLS))
     for i, moment in enumerate(moments):
         kill_cache = fresh_cache(shared_cache, tmp_path / f"cold-cache-{i}")
-        if kill_at(start_compose(cold, repo, kill_cache), moment):
-            kills += 1
-            assert_intact(repo, minimal.ref, minimal.commit, kill_cache)
-        else:  # it finished first: a complete commit; put the ref back for the next round
-            assert "Version: 2" in ostree("--repo", repo, "show", minimal.ref)
+        kills += kill_at(start_compose(cold, repo, kill_cache), moment)
+        current = ostree("--repo", repo, "rev-parse", minimal.ref).strip()
+        assert_intact(repo, minimal.ref, current, kill_cache)
+        if current != minimal.commit:
+            # it ended (or was killed after the ref moved): a complete commit; put the ref
+            # back for the next round
+            assert "Version: 2" in ostree("--repo", repo, "show", current)
             ostree("--repo", repo, "reset", minimal.ref, minimal.commit)
 
-    # The short, cached path: kills during incremental apt, customise, commit and import.
+    # The short, cached path: kills during incremental apt, customise, commit and import. A
+    # compose that ends before its kill gives the window (later moments fall within it), and
+    # its ref is put back, so every round does the whole build again.
     done = start_compose(cold, repo, cache)
     assert done.wait() == 0
     after_cold = ostree("--repo", repo, "rev-parse", minimal.ref).strip()
     assert after_cold != minimal.commit
-    for moment in sorted(rng.uniform(0.05, 4.0) for _ in range(8)):
-        kills += kill_at(start_compose(warm, repo, cache), moment)
+    window, warm_kills = 4.0, 0
+    for _ in range(3 * WARM_KILLS):
+        start = time.monotonic()
+        if kill_at(start_compose(warm, repo, cache), rng.uniform(0.05, window)):
+            warm_kills += 1
+        else:
+            window = 0.9 * (time.monotonic() - start)
         current = ostree("--repo", repo, "rev-parse", minimal.ref).strip()
-        if current != after_cold:
-            # killed after the ref moved: that compose was complete
-            assert "Version: 3" in ostree("--repo", repo, "show", current)
         assert_intact(repo, minimal.ref, current, cache)
-    assert kills >= 8, f"only {kills} kills landed while compose ran"
+        if current != after_cold:
+            # it ended (or was killed after the ref moved): that compose was complete
+            assert "Version: 3" in ostree("--repo", repo, "show", current)
+            ostree("--repo", repo, "reset", minimal.ref, after_cold)
+        if warm_kills == WARM_KILLS:
+            break
+    assert warm_kills == WARM_KILLS, f"only {warm_kills} warm kills landed ({kills} cold)"
 
     final = start_compose(warm, repo, cache)
     assert final.wait() == 0

@@ -369,8 +369,8 @@ ExecStart=/bin/sh -c 'case "$$(cat /boot/grub/grubenv /sysroot/boot/grub/grubenv
 WantedBy=multi-user.target
 """
 # When the hanging attempt is ended: long after a boot of this image reaches multi-user.target
-# under TCG (45-65 s), so that the first attempt crashes before it.
-HANG_DEADLINE = 100
+# under TCG (35-45 s here), so that the first attempt crashes before it.
+HANG_DEADLINE = 80
 
 
 def broken_release(server: Composed, repo: Path, where: Path) -> Composed:
