@@ -8,8 +8,9 @@ the old one, so a power cut leaves the old block or the new one, never a torn on
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from petra import durable
 
 SIZE = 1024
 HEADER = "# GRUB Environment Block\n"
@@ -68,21 +69,7 @@ def update(path: Path, changes: dict[str, str | None]) -> None:
             variables.pop(name, None)
         else:
             variables[name] = value
-    data = render(variables)
-    partial = path.with_name(f".{path.name}.petra-{os.getpid()}")
-    try:
-        with open(partial, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    durable.replace(path, render(variables))
 
 
 def _unescape_lines(text: str) -> list[str]:

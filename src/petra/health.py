@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petra import grubenv
+from petra import durable, grubenv
 from petra.errors import UsageError
 from petra.ostree import Deployment, Sysroot
 
@@ -197,16 +196,8 @@ class Records:
         self.rollbacks = self.rollbacks[-10:]
         path = var / STATE
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
         data = {"deployments": self.deployments, "rollbacks": self.rollbacks}
-        try:
-            with open(partial, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        durable.replace(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
     def of(self, dep: Deployment) -> dict[str, Any]:
         return self.deployments.setdefault(ident(dep), {})

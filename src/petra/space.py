@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from petra.errors import SpaceError
-from petra.ostree import Repo, Sysroot, TreeEntry
+from petra.ostree import Repo, Sysroot
 
 BLOCK = 4096
 ENTRIES = 1 << 20  # the new bootloader entries and loader directory, with room to spare
@@ -86,7 +86,7 @@ def _whole(source: Repo, checksum: str) -> Found:
         for path, e in tree.items()
         if e.checksum and path.startswith("/usr/etc/")
     )
-    kernel = {p: e.checksum or "" for p, e in _kernel_files(tree).items()}
+    kernel = {p: e.checksum or "" for p, e in tree.items() if _is_kernel(p)}
     return files, dirs, etc, kernel
 
 
@@ -103,13 +103,7 @@ def _update(sysroot: Sysroot, source: Repo, checksum: str, current: str) -> Foun
         if e.checksum and path.startswith("/usr/etc/")
     )
     etc += sum(_blocks(source.object_path(c)) for p, c in new.items() if p.startswith("/usr/etc/"))
-    kernel = {
-        path: sum_
-        for path, sum_ in new.items()
-        if path.startswith("/usr/lib/modules/")
-        and path.count("/") == 5
-        and path.rsplit("/", 1)[1] in ("vmlinuz", "initramfs.img")
-    }
+    kernel = {path: sum_ for path, sum_ in new.items() if _is_kernel(path)}
     return list(new.values()), dirs, etc, kernel
 
 
@@ -147,27 +141,25 @@ def _reserve_percent(repo: Path) -> int:
     return DEFAULT_RESERVE_PERCENT
 
 
-def _kernel_files(tree: dict[str, TreeEntry]) -> dict[str, TreeEntry]:
-    """The kernel and initramfs of a tree, where libostree looks for them."""
-    return {
-        path: entry
-        for path, entry in tree.items()
-        if path.startswith("/usr/lib/modules/")
+def _is_kernel(path: str) -> bool:
+    """Whether `path` is a kernel or initramfs where libostree looks for them."""
+    return (
+        path.startswith("/usr/lib/modules/")
         and path.count("/") == 5
         and path.rsplit("/", 1)[1] in ("vmlinuz", "initramfs.img")
-    }
+    )
 
 
 def _kernel_in_use(sysroot: Sysroot, kernel: dict[str, str]) -> bool:
     """Whether a listed deployment boots the same kernel and initramfs (path -> checksum;
     libostree shares the copy in /boot then)."""
-    wanted = kernel
     for dep in sysroot.deployments():
-        theirs: dict[str, TreeEntry] = {}
+        theirs: dict[str, str] = {}
         for path, entry in sysroot.repo.tree(dep.checksum, "/usr/lib/modules", False).items():
             if entry.kind == "d" and path.count("/") == 4:
-                theirs |= _kernel_files(sysroot.repo.tree(dep.checksum, path, False))
-        if {path: e.checksum for path, e in theirs.items()} == wanted:
+                found = sysroot.repo.tree(dep.checksum, path, False).items()
+                theirs |= {p: e.checksum or "" for p, e in found if _is_kernel(p)}
+        if theirs == kernel:
             return True
     return False
 

@@ -392,10 +392,9 @@ def cmd_health(args: argparse.Namespace) -> int:
         if late is None:
             print("no boot on trial waits for a verdict: nothing to do")
             return 0
-        print(f"boot bad: {late.checksum[:12]}.{late.serial} is on trial and "
-              f"{health.deadline_reason(uptime)}; rebooting (GRUB counts the attempt)")  # fmt: skip
-        sys.stdout.flush()
-        subprocess.run(health.REBOOT_NOW, check=False)
+        _reboot(f"boot bad: {late.checksum[:12]}.{late.serial} is on trial and "
+                f"{health.deadline_reason(uptime)}; rebooting (GRUB counts the attempt)",
+                health.REBOOT_NOW)  # fmt: skip
         return 1
     if not args.boot:
         results = health.run_checks()
@@ -418,16 +417,19 @@ def cmd_health(args: argparse.Namespace) -> int:
         print(f"boot good: {name}" + (" (its trial is over)" if verdict.on_trial else ""))
         return 0
     if verdict.reboot and not verdict.on_trial:
-        print(f"boot bad: {name} failed its trial already; rebooting into the default")
-        sys.stdout.flush()
-        subprocess.run(health.REBOOT, check=False)
+        _reboot(f"boot bad: {name} failed its trial already; rebooting into the default")
     elif verdict.reboot:
-        print(f"boot bad: {name} is on trial; rebooting (GRUB counts the attempt)")
-        sys.stdout.flush()
-        subprocess.run(health.REBOOT, check=False)
+        _reboot(f"boot bad: {name} is on trial; rebooting (GRUB counts the attempt)")
     else:
         print(f"boot bad: {name} (not on trial: nothing is rolled back)")
     return 1
+
+
+def _reboot(message: str, argv: tuple[str, ...] = health.REBOOT) -> None:
+    """Say why, then reboot the machine (the message reaches the journal first)."""
+    print(message)
+    sys.stdout.flush()
+    subprocess.run(argv, check=False)
 
 
 SHOWN = 20  # problems or /etc changes printed per deployment (--json has them all)
