@@ -37,11 +37,11 @@ integration: setup
 
 test: lint unit integration
 
-# Not in CI: the crash-safety kill harness with many more kills (KILLS=N, default 300), then
+# Not in CI: the crash-safety kill harness with many more kills (KILLS=N, default 500), then
 # rounds of power cuts of a VM's deployment on trial (POWER_CUT_ROUNDS, 2 cuts and a boot
 # each, about 3 minutes a round under TCG). Each prints its seed (and how many kills landed
 # mid-write); PETRA_KILL_SEED=S replays a run.
-KILLS ?= 300
+KILLS ?= 500
 LAYER_KILLS ?= 100
 PIN_KILLS ?= 200
 POWER_CUT_ROUNDS ?= 10

@@ -2,7 +2,7 @@
 leave the old system or the new one, complete, usable, and never a frozen file system.
 
 $PETRA_KILLS sets the number of kills of deploy/upgrade/rollback/cleanup (`make test`: 30;
-`make soak`: 300 by default), $PETRA_LAYER_KILLS those of install/uninstall (15; 100),
+`make soak`: 500 by default), $PETRA_LAYER_KILLS those of install/uninstall (15; 100),
 $PETRA_PIN_KILLS those of kargs/pin/unpin/cleanup with a pinned deployment (30; 200), and
 $PETRA_KILL_SEED replays a run; the seed and the counts are printed at the end of the run.
 """
